@@ -1,0 +1,128 @@
+"""Shared test harness: a real S3 HTTP endpoint on loopback (moto's server in its
+own process) and a real local Ray cluster, both for the whole session.
+
+The environment is set at import time, before Ray starts, so every process the
+tests start (Ray workers, Data actors, Train workers, job drivers) sees the
+same endpoint and dummy credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_S3_PORT = int(os.environ.get("IMGREC_TEST_S3_PORT") or _free_port())
+S3_ENDPOINT = f"http://127.0.0.1:{_S3_PORT}"
+
+# Dummy credentials for the loopback endpoint only; exported so Ray workers inherit them.
+os.environ.update(
+    {
+        "AWS_ENDPOINT_URL": S3_ENDPOINT,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "RAY_DEDUP_LOGS": "0",
+        # Keep Ray quiet and local: no usage stats, no dashboard downloads.
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TRAIN_V2_ENABLED": "1",
+    }
+)
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(var, None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # pyarrow's S3 subsystem can crash in its atexit finaliser while Ray's or
+    # boto's threads still hold clients; finalise it now, explicitly, after Ray
+    # is down (the session fixtures are torn down before this hook runs).
+    try:
+        import pyarrow.fs
+
+        pyarrow.fs.finalize_s3()
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server as a separate process on 127.0.0.1, request log off."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(_S3_PORT)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", _S3_PORT), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log.read_text()[-2000:]}") from None
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start in 60 s")
+    yield S3_ENDPOINT
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture()
+def bucket(s3_server):
+    """A fresh, empty bucket on the S3 endpoint; returns ``s3://name``."""
+    from imgrec import storage
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage.ensure_bucket(f"s3://{name}")
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def session_bucket(s3_server):
+    from imgrec import storage
+
+    name = f"session-{uuid.uuid4().hex[:8]}"
+    storage.ensure_bucket(f"s3://{name}")
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A local Ray cluster with more logical CPUs than the machine's 2 cores, so
+    Ray Data, two Train workers and a Tune driver never starve one another."""
+    import ray
+
+    ray.init(
+        num_cpus=6,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "TF_CPP"))}},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
