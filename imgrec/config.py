@@ -25,12 +25,14 @@ class DecodeConfig:
     """How raw files become uint8 H×W×3 pixels. Recorded in every checkpoint so
     prediction decodes exactly as training did."""
 
-    image_size: tuple[int, int] = (128, 128)  # (height, width)
+    image_size: tuple[int, int] | None = None  # (height, width); None: the model's input size
     resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad (keep aspect, pad)
     max_pixels: int = 64_000_000  # checked from the header, before decoding
     pad_value: int = 0
 
     def __post_init__(self) -> None:
+        if self.image_size is None:
+            return
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ConfigError(f"image_size must be (height, width) > 0, got {self.image_size!r}")

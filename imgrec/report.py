@@ -1,0 +1,112 @@
+"""Plots and ``report.html`` for a run: the course's loss and accuracy curves,
+the confusion matrix, the run's config, bad files. Images are linked from the
+report, and everything is written into the run folder (local or S3)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from typing import Any
+
+from imgrec import storage
+from imgrec.config import to_dict
+
+
+def _figure_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def history_png(history: list[dict[str, Any]]) -> bytes:
+    """loss and val_loss; accuracy and val_accuracy, as the course plots them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((ax1, "loss", "Loss"), (ax2, "accuracy", "Accuracy")):
+        ax.plot(epochs, [h[key] for h in history], "o-", label=key)
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label=f"val_{key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return _figure_bytes(fig)
+
+
+def confusion_png(confusion: list[list[int]], class_names: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(confusion)
+    size = max(4, 0.6 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title("Confusion matrix")
+    return _figure_bytes(fig)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_html(title: str, sections: list[tuple[str, str]]) -> str:
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;}pre{background:#f6f6f6;padding:1em;}")
+    body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+           f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+
+
+def write_run_report(result, cfg) -> str:
+    """Write history.png, confusion.png and report.html into the run folder."""
+    run = result.run_uri
+    sections: list[tuple[str, str]] = []
+    test = result.test_metrics
+    if test:
+        sections.append(("Result", f"<p>Test accuracy <b>{test['accuracy']:.4f}</b> on {test['count']} images "
+                                   f"({html.escape(test['split'])} split), best checkpoint "
+                                   f"<code>{html.escape(str(result.best_checkpoint))}</code>.</p>"))
+    if result.history:
+        storage.atomic_write(storage.join(run, "history.png"), history_png(result.history))
+        keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s"]
+        sections.append(("Training curves", "<img src='history.png' alt='loss and accuracy curves'>"
+                         + _table([[h.get(k, "") for k in keys] for h in result.history], keys)))
+    if test:
+        storage.atomic_write(storage.join(run, "confusion.png"), confusion_png(test["confusion"], test["class_names"]))
+        rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]
+        sections.append(("Confusion matrix", "<img src='confusion.png' alt='confusion matrix'>"
+                         + _table(rows, ["class", "precision", "recall", "support"])))
+    if result.bad_files:
+        rows = [[b["path"], b["reason"]] for b in result.bad_files[:500]]
+        sections.append((f"Skipped files ({len(result.bad_files)})", _table(rows, ["file", "reason"])))
+    sections.append(("TensorBoard", f"<p><code>tensorboard --logdir {html.escape(storage.join(run, 'tensorboard'))}"
+                                    "</code></p>"))
+    sections.append(("Configuration", f"<pre>{html.escape(json.dumps(to_dict(cfg), indent=2))}</pre>"))
+    uri = storage.join(run, "report.html")
+    storage.atomic_write(uri, render_html(f"imgrec run {storage.basename(run)}", sections))
+    return uri
