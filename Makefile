@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint scan clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,3 +29,19 @@ test-all: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-output
+
+# checkov lives in its own venv: it pins packages that clash with ray/tensorflow.
+SCAN_VENV ?= .venv-scan
+CHECKOV := $(SCAN_VENV)/bin/checkov
+CHECKOV_ARGS := --quiet --compact --skip-download
+
+$(CHECKOV):
+	python3 -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install -q --upgrade pip
+	$(SCAN_VENV)/bin/pip install -q 'checkov==3.3.30'
+
+scan: $(CHECKOV)
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -d infra --framework terraform $(CHECKOV_ARGS)
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -d cluster $(CHECKOV_ARGS)
+	@if command -v terraform >/dev/null; then terraform fmt -check -recursive infra; \
+	else echo "terraform not installed: fmt check skipped"; fi

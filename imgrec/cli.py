@@ -14,6 +14,19 @@ models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(augment_app, name="augment")
 app.add_typer(models_app, name="models")
+baseline_app = typer.Typer(help="The classic baseline: hand-made features + a linear classifier.",
+                           no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+from imgrec.cli_train import train_command, transfer_command  # noqa: E402
+
+app.command("train")(train_command)
+app.command("transfer")(transfer_command)
+
+from imgrec.cli_tune import tune_command  # noqa: E402
+
+app.command("tune")(tune_command)
 
 
 @app.command()
@@ -36,6 +49,196 @@ def data_upload(
     typer.echo(f"uploaded {n} files to {storage.normalize(uri)}")
 
 
+@data_app.command("synth")
+def data_synth(
+    out: str = typer.Option(..., "--out", help="Destination root: s3://bucket/prefix or a local folder."),
+    task: str = typer.Option("shapes", help="shapes | colors | brightness | noinfo"),
+    classes: int = typer.Option(3, help="Number of classes (2-8)."),
+    per_class: int = typer.Option(100, help="Training images per class."),
+    test_per_class: int = typer.Option(None, help="Test images per class (default: 20% of --per-class)."),
+    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH, e.g. 375 500 for photo-like images."),
+    seed: int = typer.Option(0, help="Same seed, byte-identical files."),
+    quality: int = typer.Option(90, help="JPEG quality (1-95)."),
+    overwrite: bool = typer.Option(False, help="Replace what is already under --out."),
+) -> None:
+    """Write a procedurally generated class-per-folder JPEG dataset (<out>/train, <out>/test)."""
+    from imgrec import synth
+
+    with _clear_errors():
+        summary = synth.make_dataset(
+            out,
+            task=task,
+            classes=classes,
+            per_class=per_class,
+            image_size=image_size,
+            seed=seed,
+            test_per_class=test_per_class,
+            quality=quality,
+            overwrite=overwrite,
+            progress=True,
+        )
+    typer.echo(str(summary))
+
+
+@augment_app.command("preview")
+def augment_preview(
+    image: str = typer.Argument(..., help="Image file or s3:// URI."),
+    out: str = typer.Option("augment_preview.png", "--out", "-o", help="PNG to write (local or s3://)."),
+    n: int = typer.Option(8, "-n", help="Number of augmented samples (one row)."),
+    preset: str = typer.Option("course", help="Starting point: none | light | course; options below override it."),
+    rotation_range: float = typer.Option(None, help="Degrees, U(-r, r). Default: from --preset."),
+    width_shift_range: float = typer.Option(None, help="Fraction of width (< 1) or pixels. Default: from --preset."),
+    height_shift_range: float = typer.Option(None, help="Fraction of height (< 1) or pixels. Default: from --preset."),
+    zoom_range: str = typer.Option(None, help="z (-> [1-z, 1+z]) or LO,HI; > 1 zooms out. Default: from --preset."),
+    shear_range: float = typer.Option(None, help="Shear angle in degrees, U(-s, s). Default: from --preset."),
+    brightness_range: str = typer.Option(None, help="LO,HI pixel multiplier, or 'none'. Default: from --preset."),
+    horizontal_flip: bool = typer.Option(None, "--horizontal-flip/--no-horizontal-flip", help="Default: from --preset."),
+    vertical_flip: bool = typer.Option(None, "--vertical-flip/--no-vertical-flip", help="Default: from --preset."),
+    fill_mode: str = typer.Option(None, help="nearest | constant | reflect | wrap. Default: from --preset."),
+    cval: int = typer.Option(None, help="Fill value for --fill-mode constant. Default: from --preset."),
+    size: str = typer.Option(None, help="Decode size HEIGHTxWIDTH (default: own aspect, longer side 256)."),
+    seed: int = typer.Option(None, help="Same seed, same grid."),
+) -> None:
+    """Write a 1×N grid of randomly augmented copies of one image (the course's preview)."""
+    from imgrec import augment
+    from imgrec.config import AugmentConfig, ConfigError, replace
+
+    with _clear_errors():
+        overrides = {
+            "rotation_range": rotation_range,
+            "width_shift_range": width_shift_range,
+            "height_shift_range": height_shift_range,
+            "zoom_range": _float_or_pair(zoom_range, "--zoom-range"),
+            "shear_range": shear_range,
+            "brightness_range": _float_or_pair(brightness_range, "--brightness-range"),
+            "horizontal_flip": horizontal_flip,
+            "vertical_flip": vertical_flip,
+            "fill_mode": fill_mode,
+            "cval": cval,
+        }
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if brightness_range is not None and brightness_range.lower() == "none":
+            changes["brightness_range"] = None
+        cfg = replace(AugmentConfig.preset(preset), **changes)
+        image_size = None
+        if size:
+            try:
+                image_size = tuple(int(v) for v in size.lower().split("x"))
+            except ValueError:
+                raise ConfigError(f"--size must be HEIGHTxWIDTH, e.g. 128x128, got {size!r}") from None
+        written = augment.save_preview(image, out, cfg, n=n, image_size=image_size, seed=seed)
+    typer.echo(f"wrote {written} ({n} samples: {augment.describe(cfg)})")
+
+
+@models_app.command("list")
+def models_list(
+    kind: str = typer.Option(None, help="Only this kind: course | scratch | backbone."),
+) -> None:
+    """Every model name --model accepts: kind, parameters, depth, published weights
+    size and ImageNet top-1/top-5 (backbones), default input size, preprocessing."""
+    from imgrec import models
+
+    with _clear_errors():
+        rows = [r for r in models.models_table() if kind is None or r["kind"] == kind]
+        if kind is not None and kind not in models.KINDS:
+            raise ValueError(f"--kind must be one of {models.KINDS}, got {kind!r}")
+    typer.echo(models.format_models_table(rows))
+    typer.echo(
+        "\nalpha: accepts a width multiplier. Backbone numbers are the published ImageNet ones "
+        "(keras.io/api/applications); course/scratch ones are counted for 10 classes (2 for seed_catsdogs)."
+    )
+
+
+@baseline_app.command("train")
+def baseline_train(
+    data: str = typer.Option(..., "--data", help="Image tree root: s3://bucket/prefix or a local folder."),
+    out: str = typer.Option(None, "--out", help="Where to write baseline.json, decision_boundary.png, "
+                            "baseline.html (local or s3://)."),
+    cnn_run: str = typer.Option(None, "--cnn-run", help="A CNN run (or checkpoint) URI on the same data, "
+                                "shown side by side (its evaluation.json, else its best val_accuracy)."),
+    features: str = typer.Option("all", help="Comma-separated feature names or groups: brightness, color, "
+                                 "extent, edges, orientation, course (brightness + object height), all."),
+    plot: str = typer.Option("brightness,object_height", help="The two features of the decision-boundary plot."),
+    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH the images are decoded to."),
+    validation_split: float = typer.Option(0.3, help="Held-out fraction of train/ when there is no test/ tree."),
+) -> None:
+    """Hand-made features (brightness, colour, object size, edges) + logistic regression:
+    the recognition before CNNs, with an honest verdict against chance."""
+    from imgrec import features as feats
+
+    with _clear_errors():
+        result = feats.train_baseline(
+            data,
+            features=features,
+            plot_features=[p.strip() for p in plot.split(",")],
+            image_size=image_size,
+            validation_split=validation_split,
+            out=out,
+            cnn_run=cnn_run,
+        )
+    typer.echo(result.summary())
+
+
+@app.command("predict")
+def predict_command(
+    model: str = typer.Option(..., "--model", help="Run URI (its best checkpoint) or checkpoint URI."),
+    input_uri: str = typer.Option(..., "--input", help="Image prefix, walked recursively (class folders give "
+                                  "labels), or a .txt/.csv/.parquet manifest with a `path` column."),
+    output: str = typer.Option(..., "--output", help="Prefix for predictions/part-*.parquet and summary.json."),
+    batch_size: int = typer.Option(64, help="Images per model call."),
+    actors: int = typer.Option(1, help="Model actors; each loads the model once."),
+    cpus: float = typer.Option(1.0, help="CPUs per model actor."),
+    gpus: float = typer.Option(0.0, help="GPUs per model actor (0.5 shares a GPU between two)."),
+    top_k: int = typer.Option(5, help="Classes kept per image in topk_classes/topk_probs."),
+    files_per_output: int = typer.Option(10_000, help="About this many rows per part file (the resume unit)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip parts an earlier run already wrote "
+                                "(--no-resume deletes them and starts over)."),
+    all_files: bool = typer.Option(False, "--all-files", help="Predict every file, not only image endings."),
+) -> None:
+    """Batch prediction over a bucket into Parquet; resumable, bad files become error rows."""
+    from imgrec.config import PredictConfig
+    from imgrec.predict import predict_bucket
+    from imgrec.train import ensure_ray
+
+    with _clear_errors():
+        cfg = PredictConfig(model=model, input=input_uri, output=output, batch_size=batch_size, actors=actors,
+                            num_cpus=cpus, num_gpus=gpus, top_k=top_k, files_per_output=files_per_output,
+                            resume=resume, all_files=all_files)
+        ensure_ray()
+        predict_bucket(cfg)  # prints progress and the summary
+
+
+@app.command("predict-one")
+def predict_one_command(
+    image: str = typer.Argument(..., help="Image file or s3:// URI."),
+    model: str = typer.Option(..., "--model", help="Run URI (its best checkpoint) or checkpoint URI."),
+    top_k: int = typer.Option(None, help="Show only the K most likely classes (default: all)."),
+) -> None:
+    """Predict one image and print every class's probability (no Ray needed)."""
+    from imgrec.predict import describe_one
+
+    with _clear_errors():
+        text = describe_one(image, model, top_k=top_k)
+    typer.echo(text)
+
+
+def _float_or_pair(text: str | None, option: str):
+    """'0.2' -> 0.2, '0.8,1.2' -> (0.8, 1.2), 'none' -> None, None -> None."""
+    from imgrec.config import ConfigError
+
+    if text is None or text.lower() == "none":
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} must be a number or LO,HI, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return tuple(values)
+    raise ConfigError(f"{option} must be a number or LO,HI, got {text!r}")
+
+
 class _clear_errors:
     """Show library errors (bad URI, missing bucket, bad config) as one line, exit 2."""
 
@@ -43,10 +246,13 @@ class _clear_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        from imgrec.checkpoint import CheckpointError
         from imgrec.config import ConfigError
         from imgrec.storage import StorageError
 
-        if exc is not None and isinstance(exc, StorageError | ConfigError | FileNotFoundError | ValueError):
+        if exc is not None and isinstance(
+            exc, StorageError | ConfigError | CheckpointError | FileNotFoundError | ValueError
+        ):
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2)
         return False

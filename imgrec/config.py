@@ -31,13 +31,17 @@ class DecodeConfig:
     pad_value: int = 0
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if int(self.max_pixels) < 1:
+            raise ConfigError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+        if not 0 <= int(self.pad_value) <= 255:
+            raise ConfigError(f"pad_value must be a uint8 grey level 0..255, got {self.pad_value!r}")
         if self.image_size is None:
             return
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ConfigError(f"image_size must be (height, width) > 0, got {self.image_size!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
 
 @dataclass
@@ -45,15 +49,16 @@ class AugmentConfig:
     """The course's ``ImageDataGenerator`` options (without ``rescale``: pixel
     scaling lives inside the model). All ranges default to the identity."""
 
-    rotation_range: float = 0.0  # degrees, uniform in [-r, r]
-    width_shift_range: float = 0.0  # fraction of width
-    height_shift_range: float = 0.0  # fraction of height
-    zoom_range: float | tuple[float, float] = 0.0  # float z -> [1-z, 1+z]
+    rotation_range: float = 0.0  # degrees, uniform in [-r, r]; positive = counter-clockwise
+    width_shift_range: float = 0.0  # < 1: fraction of width; >= 1: pixels (as Keras)
+    height_shift_range: float = 0.0  # < 1: fraction of height; >= 1: pixels (as Keras)
+    # float z -> [1-z, 1+z], or (lo, hi). Keras semantics: factor > 1 zooms OUT.
+    zoom_range: float | tuple[float, float] = 0.0
     shear_range: float = 0.0  # degrees, uniform in [-s, s]
     brightness_range: tuple[float, float] | None = None  # multiply pixels by U(lo, hi)
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    fill_mode: str = "nearest"
+    horizontal_flip: bool = False  # each image with p = 0.5
+    vertical_flip: bool = False  # each image with p = 0.5
+    fill_mode: str = "nearest"  # nearest | constant (cval) | reflect | wrap
     cval: int = 0
     seed: int | None = None  # None: fresh randomness; int: reproducible (tests)
 
@@ -67,6 +72,20 @@ class AugmentConfig:
         for name in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        lo, hi = self.zoom_bounds
+        if not 0 < lo <= hi:
+            raise ConfigError(
+                f"zoom_range must give 0 < lo <= hi, got {self.zoom_range!r} -> ({lo}, {hi}); "
+                "a float z must be < 1"
+            )
+        if self.brightness_range is not None:
+            pair = self.brightness_range
+            if not isinstance(pair, tuple) or len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+                raise ConfigError(
+                    f"brightness_range must be (lo, hi) with 0 <= lo <= hi, got {self.brightness_range!r}"
+                )
+        if not 0 <= int(self.cval) <= 255:
+            raise ConfigError(f"cval must be a uint8 grey level 0..255, got {self.cval!r}")
 
     @property
     def zoom_bounds(self) -> tuple[float, float]:
@@ -182,6 +201,54 @@ class TrainConfig:
         return self.batch_size // self.workers
 
 
+SWEEP_SCHEDULERS = ("asha", "fifo")
+SWEEP_SEARCHES = ("auto", "optuna", "hyperopt", "random", "grid")
+
+
+@dataclass
+class SweepConfig:
+    """A hyperparameter sweep (``imgrec.tune.sweep``): Ray Tune trials, each one
+    Ray Train run of ``base`` with its own freeze depth, learning rate and,
+    optionally, batch size and augmentation preset."""
+
+    base: TrainConfig = field(default_factory=TrainConfig)
+    num_samples: int = 8  # trials; with search="grid": repeats of the grid
+    freeze_depths: list[int | str] | None = None  # None: 0 and every backbone block boundary
+    lr_min: float = 1e-4  # learning rate, log-uniform in [lr_min, lr_max]
+    lr_max: float = 1e-2
+    batch_sizes: list[int] | None = None  # None: base.batch_size
+    augment_presets: list[str] | None = None  # AugmentConfig.preset names; None: base.augment
+    max_concurrent: int | None = None  # None: as many trials as the cluster's CPUs fit
+    scheduler: str = "asha"  # asha (stops weak trials early, on val_accuracy) | fifo
+    search: str = "auto"  # auto (optuna if installed, else random) | optuna | hyperopt | random | grid
+    storage: str = "./sweeps"  # the sweep lives in <storage>/<name>/
+    name: str | None = None  # None: generated; required to resume
+    resume: bool = False  # continue <storage>/<name> after its driver died
+    evaluate: bool = True  # evaluate the best trial's checkpoint once, at the end
+    seed: int = 0  # search algorithm seed
+    fail_trials: list[int] = field(default_factory=list)  # tests only: trial indices given a NaN loss
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if not 0 < self.lr_min <= self.lr_max:
+            raise ConfigError(f"need 0 < lr_min <= lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.scheduler not in SWEEP_SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {SWEEP_SCHEDULERS}, got {self.scheduler!r}")
+        if self.search not in SWEEP_SEARCHES:
+            raise ConfigError(f"search must be one of {SWEEP_SEARCHES}, got {self.search!r}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent must be >= 1 (or None: fit the cluster), got {self.max_concurrent}")
+        for name in ("freeze_depths", "batch_sizes", "augment_presets"):
+            if getattr(self, name) is not None and not getattr(self, name):
+                raise ConfigError(f"{name} must be None (the default) or a non-empty list")
+        for size in self.batch_sizes or []:
+            if int(size) < self.base.workers:
+                raise ConfigError(f"batch size {size} is a global batch and must be >= workers ({self.base.workers})")
+        for preset in self.augment_presets or []:
+            AugmentConfig.preset(preset)  # raises on an unknown name, listing the known ones
+
+
 # --------------------------------------------------------------------------- serialisation
 
 
@@ -220,3 +287,31 @@ def replace(cfg: Any, **changes: Any) -> Any:
     for head, sub in nested.items():
         flat[head] = replace(getattr(cfg, head), **sub)
     return dataclasses.replace(cfg, **flat)
+
+
+@dataclass
+class PredictConfig:
+    """Batch offline prediction over a bucket (``imgrec predict``, ``jobs/predict.py``).
+
+    ``input`` is a prefix walked recursively (class folders optional) or a
+    manifest file: ``.txt`` (one URI per line) or ``.csv``/``.parquet`` with a
+    ``path`` column. See ``imgrec.predict.predict_bucket`` for the output layout."""
+
+    model: str = ""  # run URI (its best checkpoint) or checkpoint URI
+    input: str = ""  # storage prefix, or a .txt/.csv/.parquet manifest
+    output: str = ""  # prefix: predictions/part-*.parquet, summary.json, _job.json
+    batch_size: int = 64
+    actors: int = 1  # model actors (each loads the model once)
+    num_cpus: float = 1.0  # per model actor
+    num_gpus: float = 0.0  # per model actor; > 0 runs the model on GPUs
+    top_k: int = 5
+    files_per_output: int = 10_000  # about this many rows per part file (N/2 .. 2N)
+    resume: bool = True  # keep finished parts of an earlier run into the same output
+    all_files: bool = False  # walk every file, not only image endings (non-images become error rows)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "actors", "top_k", "files_per_output"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus!r}, {self.num_gpus!r}")

@@ -5,22 +5,36 @@ Train's ``storage_filesystem`` take). The S3 endpoint comes from
 ``AWS_ENDPOINT_URL`` (or ``endpoint=``), so MinIO, moto or any S3-compatible
 store works. Credentials come only from the standard AWS chain: they are never
 passed into objects that Ray pickles, logged, or written into any artefact.
+
+Every failure surfaces as a ``StorageError`` whose message names the URI and
+what to set or fix (missing bucket, missing or refused credentials, an
+unreachable endpoint, a malformed URI, a missing local path).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import hashlib
 import os
 import posixpath
+import shutil
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 DEFAULT_REGION = "us-east-1"
+
+# A wrong or dead endpoint should fail in seconds, not after botocore's 60 s
+# default connect timeout times every retry.
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+MAX_ATTEMPTS = 5
 
 
 class StorageError(RuntimeError):
@@ -32,6 +46,9 @@ class ObjectInfo:
     uri: str  # full URI (s3://bucket/key or an absolute local path)
     path: str  # path relative to the listed prefix, with forward slashes
     size: int
+
+
+# --------------------------------------------------------------------------- URIs
 
 
 def is_s3(uri: str) -> bool:
@@ -70,14 +87,19 @@ def normalize(uri: str | os.PathLike) -> str:
             raise StorageError(
                 f"unsupported URI scheme {scheme!r} in {uri!r}: use a local path, file:// or s3://"
             )
-        uri = urlparse(uri).path
+        parsed = urlparse(uri)
+        # file://relative/x would silently become the current folder: only the
+        # empty host (file:///abs) and localhost are local paths.
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise StorageError(f"malformed file URI {uri!r}: expected file:///absolute/path")
+        uri = parsed.path
     return os.path.abspath(os.path.expanduser(uri))
 
 
 def join(uri: str, *parts: str) -> str:
     uri = normalize(uri)
     if is_s3(uri):
-        return posixpath.join(uri, *[p.strip("/") for p in parts])
+        return posixpath.join(uri, *[p.strip("/") for p in parts if p.strip("/")])
     return os.path.join(uri, *parts)
 
 
@@ -93,13 +115,26 @@ def basename(uri: str) -> str:
     return posixpath.basename(normalize(uri).rstrip("/"))
 
 
+def _key_of(uri: str) -> str:
+    """The object key of a normalised ``s3://bucket/key`` URI."""
+    return _split_s3(uri)[1]
+
+
+# --------------------------------------------------------------------------- clients
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem on the configured endpoint and the default credential chain.
 
     No keys are passed in: the filesystem is pickled into Ray's state, and keys
     there would leak into logs and checkpoints."""
     url = endpoint_url(endpoint)
-    kwargs = dict(region=region(), allow_bucket_creation=True, allow_bucket_deletion=False)
+    kwargs: dict[str, Any] = dict(
+        region=region(),
+        allow_bucket_creation=True,
+        allow_bucket_deletion=False,
+        connect_timeout=CONNECT_TIMEOUT_S,
+    )
     if url:
         parsed = urlparse(url)
         kwargs["endpoint_override"] = url  # keep the scheme: http for local endpoints
@@ -117,86 +152,207 @@ def resolve(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str
     return pafs.LocalFileSystem(), uri
 
 
-def boto3_client(endpoint: str | None = None):
-    """A boto3 S3 client on the same endpoint, region and credential chain."""
-    import boto3
-    from botocore.config import Config
+# Variables that change which credentials the default chain finds. Their hash is
+# part of the client cache key, so a changed environment gets a fresh client.
+_CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
 
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url(endpoint),
-        region_name=region(),
-        config=Config(retries={"max_attempts": 5, "mode": "adaptive"}, max_pool_connections=32),
+
+def _client_key(endpoint: str | None) -> tuple:
+    # A digest, not the values: the cache must not become another place holding keys.
+    digest = hashlib.sha256("\0".join(os.environ.get(v, "") for v in _CREDENTIAL_ENV).encode()).hexdigest()
+    return (os.getpid(), endpoint_url(endpoint), region(), digest)
+
+
+def boto3_client(endpoint: str | None = None):
+    """A boto3 S3 client on the same endpoint, region and credential chain.
+
+    Clients are cached per process and environment: creating one is slow, and
+    creating them from many threads at once races inside boto3's default
+    session. A client itself is thread-safe."""
+    key = _client_key(endpoint)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            if len(_clients) > 32:  # environments changed many times (tests): start over
+                _clients.clear()
+            client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint_url(endpoint),
+                region_name=region(),
+                config=Config(
+                    retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    read_timeout=READ_TIMEOUT_S,
+                    max_pool_connections=32,
+                ),
+            )
+            _clients[key] = client
+    return client
+
+
+# --------------------------------------------------------------------------- errors
+
+_MISSING_CREDENTIALS = (
+    "unable to locate credentials",
+    "no credentials",
+    "nocredentialserror",
+    "partial credentials",
+    "partialcredentialserror",
+)
+_REFUSED_CREDENTIALS = (
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "access denied",
+    "accessdenied",
+    "access_denied",
+    "expiredtoken",
+    "invalidtoken",
+    "forbidden",
+)
+_UNREACHABLE = (
+    "could not connect",
+    "connection refused",
+    "couldn't connect",
+    "failed to connect",
+    "network_connection",
+    "curl error",
+    "endpointconnectionerror",
+    "connect timeout",
+    "timed out",
+    "name or service not known",
+    "could not resolve",
+    "connection was closed",
+)
+_NO_BUCKET = ("nosuchbucket", "no_such_bucket", "bucket does not exist")
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    return text.strip().splitlines()[0][:limit] if text.strip() else ""
+
+
+def _bucket_of(uri: str) -> str:
+    try:
+        return _split_s3(normalize(uri))[0]
+    except StorageError:
+        return uri
+
+
+def _no_bucket_error(uri: str) -> StorageError:
+    bucket = _bucket_of(uri)
+    return StorageError(
+        f"{uri}: bucket {bucket!r} does not exist at {endpoint_url() or 'AWS S3'}; "
+        f"create it (infra/ or `aws s3 mb s3://{bucket}`) or fix the URI"
     )
 
 
 def explain(exc: BaseException, uri: str) -> StorageError:
     """Turn a pyarrow/boto3/OS error into one clear message naming the URI and the fix."""
-    text = str(exc)
-    low = text.lower()
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, FileNotFoundError) and not is_s3(uri):
-        return StorageError(f"{uri}: no such file or folder; check the path")
-    if "nosuchbucket" in low or "bucket does not exist" in low or "the specified bucket does not exist" in low:
-        bucket = _split_s3(normalize(uri))[0] if is_s3(uri) else uri
+    text = str(exc)
+    low = f"{type(exc).__name__} {text}".lower()
+    if not is_s3(uri):
+        if isinstance(exc, FileNotFoundError):
+            return StorageError(f"{uri}: no such file or folder; check the path")
+        if isinstance(exc, PermissionError):
+            return StorageError(f"{uri}: permission denied; check the path's owner and permissions")
+        if isinstance(exc, IsADirectoryError):
+            return StorageError(f"{uri}: is a folder, expected a file; check the path")
+        return StorageError(f"{uri}: {type(exc).__name__}: {_first_line(text, 300)}")
+    if any(w in low for w in _NO_BUCKET):
+        return _no_bucket_error(uri)
+    if "invalidbucketname" in low:
         return StorageError(
-            f"{uri}: bucket {bucket!r} does not exist at {endpoint_url() or 'AWS S3'}; "
-            f"create it (infra/ or `aws s3 mb s3://{bucket}`) or fix the URI"
+            f"{uri}: {_bucket_of(uri)!r} is not a valid bucket name; use 3-63 lowercase letters, "
+            "digits, '.' and '-'"
         )
-    credential_words = (
-        "no credentials",
-        "unable to locate credentials",
-        "invalidaccesskeyid",
-        "signaturedoesnotmatch",
-        "access denied",
-        "accessdenied",
-        "credentials",
-        "expiredtoken",
-    )
-    if any(w in low for w in credential_words):
+    if any(w in low for w in _MISSING_CREDENTIALS):
         return StorageError(
-            f"{uri}: S3 refused the credentials ({text.splitlines()[0][:200]}); set AWS_ACCESS_KEY_ID/"
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role with access to this bucket"
+            f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE, or run where an instance/pod role is attached"
         )
-    unreachable_words = (
-        "could not connect",
-        "connection refused",
-        "couldn't connect",
-        "failed to connect",
-        "curl error",
-        "endpointconnectionerror",
-        "connect timeout",
-        "timed out",
-        "name or service not known",
-        "could not resolve",
-    )
-    if any(w in low for w in unreachable_words):
+    if any(w in low for w in _UNREACHABLE):
         return StorageError(
-            f"{uri}: the S3 endpoint {endpoint_url() or 'AWS S3'} is unreachable ({text.splitlines()[0][:200]}); "
+            f"{uri}: the S3 endpoint {endpoint_url() or 'AWS S3'} is unreachable ({_first_line(text)}); "
             "check AWS_ENDPOINT_URL and that the server is running"
+        )
+    if any(w in low for w in _REFUSED_CREDENTIALS):
+        return StorageError(
+            f"{uri}: S3 refused the credentials ({_first_line(text)}); check AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role, and that it may access this bucket"
         )
     if isinstance(exc, FileNotFoundError) or "nosuchkey" in low or "not found" in low or "404" in low:
         return StorageError(f"{uri}: no such object or prefix; check the URI")
-    return StorageError(f"{uri}: {type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}")
+    return StorageError(f"{uri}: {type(exc).__name__}: {_first_line(text, 300)}")
 
 
-def _s3_call(uri: str, fn, *args, **kwargs):
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _bucket_missing(bucket: str) -> bool:
+    """True only when the endpoint says the bucket is not there (other errors: False)."""
+    try:
+        boto3_client().head_bucket(Bucket=bucket)
+    except Exception as exc:
+        return _error_code(exc) in ("404", "NoSuchBucket", "NotFound")
+    return False
+
+
+def _explain_boto(exc: BaseException, uri: str) -> StorageError:
+    """``explain`` for botocore errors, whose code is not always in their text.
+
+    A HEAD on a missing object *or* bucket is a bare 404, so on "not found" we
+    ask about the bucket too: "bucket missing" is the message the user needs."""
+    code = _error_code(exc)
+    if code in ("404", "NoSuchKey", "NotFound") and is_s3(uri) and _bucket_missing(_bucket_of(uri)):
+        return _no_bucket_error(uri)
+    return explain(RuntimeError(f"{code}: {exc}") if code else exc, uri)
+
+
+def _s3_call(uri: str, fn: Callable, *args, **kwargs):
     """Run a boto3 call, translating botocore's errors."""
     try:
         return fn(*args, **kwargs)
+    except StorageError:
+        raise
     except Exception as exc:  # botocore raises many types; explain() reads their text
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        raise explain(RuntimeError(f"{code}: {exc}") if code else exc, uri) from None
+        raise _explain_boto(exc, uri) from None
 
 
 def check_bucket(uri: str) -> None:
     """Raise a clear StorageError when the bucket of ``uri`` is missing or unreadable."""
     if not is_s3(uri):
         return
-    bucket, _ = _split_s3(normalize(uri))
-    client = boto3_client()
-    _s3_call(uri, client.head_bucket, Bucket=bucket)
+    uri = normalize(uri)
+    bucket, _ = _split_s3(uri)
+    try:
+        boto3_client().head_bucket(Bucket=bucket)
+    except Exception as exc:
+        # HEAD answers carry no body: a 404 here always means "no such bucket".
+        if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            raise _no_bucket_error(uri) from None
+        raise explain(RuntimeError(f"{_error_code(exc)}: {exc}") if _error_code(exc) else exc, uri) from None
 
 
 def ensure_bucket(uri: str) -> None:
@@ -204,7 +360,8 @@ def ensure_bucket(uri: str) -> None:
     if not is_s3(uri):
         os.makedirs(normalize(uri), exist_ok=True)
         return
-    bucket, _ = _split_s3(normalize(uri))
+    uri = normalize(uri)
+    bucket, _ = _split_s3(uri)
     client = boto3_client()
     try:
         client.head_bucket(Bucket=bucket)
@@ -222,7 +379,9 @@ def list_objects(uri: str, suffixes: tuple[str, ...] | None = None) -> Iterator[
     """Every object (file) under a prefix, recursively, streamed page by page.
 
     ``suffixes`` filters by lower-cased file ending. Order: lexicographic by key
-    (S3 order; local listing is sorted to match)."""
+    (S3 order; local listing is sorted to match). A URI naming one object (or
+    one file) lists just that object. A missing local path is an error; an S3
+    prefix with nothing under it simply lists nothing (S3 has no folders)."""
     uri = normalize(uri)
     suffixes = tuple(s.lower() for s in suffixes) if suffixes else None
 
@@ -230,45 +389,89 @@ def list_objects(uri: str, suffixes: tuple[str, ...] | None = None) -> Iterator[
         return suffixes is None or name.lower().endswith(suffixes)
 
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        prefix = key + "/" if key else ""
-        client = boto3_client()
-        paginator = client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
-                for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(prefix) :]
-                    if rel and not rel.endswith("/") and wanted(rel):
-                        yield ObjectInfo(f"s3://{bucket}/{obj['Key']}", rel, int(obj["Size"]))
-        except StorageError:
-            raise
-        except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            raise explain(RuntimeError(f"{code}: {exc}"), uri) from None
+        yield from _list_s3(uri, wanted)
         return
     if not os.path.exists(uri):
         raise StorageError(f"{uri}: no such file or folder; check the path")
     if os.path.isfile(uri):
-        yield ObjectInfo(uri, os.path.basename(uri), os.path.getsize(uri))
+        if wanted(uri):
+            yield ObjectInfo(uri, os.path.basename(uri), os.path.getsize(uri))
         return
-    for dirpath, dirnames, filenames in os.walk(uri):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, uri).replace(os.sep, "/")
-            if wanted(name):
-                yield ObjectInfo(full, rel, os.path.getsize(full))
+    for rel, full in _walk_sorted(uri, ""):
+        if wanted(posixpath.basename(rel)):
+            yield ObjectInfo(full, rel, os.path.getsize(full))
+
+
+def _walk_sorted(folder: str, rel_prefix: str) -> Iterator[tuple[str, str]]:
+    """Files under ``folder`` in the order S3 lists their keys.
+
+    S3 sorts whole keys, so a folder "b" sorts as "b/" among its siblings: that
+    puts "b/x" before "c.txt", where ``os.walk`` would give the files first."""
+    with os.scandir(folder) as it:
+        entries = sorted((e.name + "/" if e.is_dir() else e.name, e.path) for e in it)
+    for name, path in entries:
+        if name.endswith("/"):
+            yield from _walk_sorted(path, rel_prefix + name)
+        else:
+            yield rel_prefix + name, path
+
+
+def _list_s3(uri: str, wanted: Callable[[str], bool]) -> Iterator[ObjectInfo]:
+    bucket, key = _split_s3(uri)
+    prefix = key + "/" if key else ""
+    client = boto3_client()
+    paginator = client.get_paginator("list_objects_v2")
+    found = False
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}):
+            for obj in page.get("Contents", []):
+                found = True
+                rel = obj["Key"][len(prefix) :]
+                if rel and not rel.endswith("/") and wanted(rel):
+                    yield ObjectInfo(f"s3://{bucket}/{obj['Key']}", rel, int(obj["Size"]))
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise _explain_boto(exc, uri) from None
+    if not found and key:
+        # The URI may name a single object, like a local file path does.
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return
+            raise _explain_boto(exc, uri) from None
+        if wanted(key):
+            yield ObjectInfo(uri, posixpath.basename(key), int(head["ContentLength"]))
 
 
 def exists(uri: str) -> bool:
+    """Whether a file/folder (local) or an object/non-empty prefix/bucket (S3) exists.
+
+    For S3, a missing *bucket* under a key is an error, not ``False``: a typo in
+    the bucket name should not look like "nothing saved yet"."""
     uri = normalize(uri)
     if not is_s3(uri):
         return os.path.exists(uri)
-    fs, path = resolve(uri)
+    bucket, key = _split_s3(uri)
+    client = boto3_client()
+    if not key:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return True
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise _explain_boto(exc, uri) from None
     try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        client.head_object(Bucket=bucket, Key=key)
+        return True
     except Exception as exc:
-        raise explain(exc, uri) from None
+        if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            raise _explain_boto(exc, uri) from None
+    # Not an object: a "folder" exists when any key starts with it.
+    page = _s3_call(uri, client.list_objects_v2, Bucket=bucket, Prefix=key + "/", MaxKeys=1)
+    return int(page.get("KeyCount", 0)) > 0
 
 
 # --------------------------------------------------------------------------- small objects
@@ -282,9 +485,10 @@ def read_bytes(uri: str) -> bytes:
         except OSError as exc:
             raise explain(exc, uri) from None
     bucket, key = _split_s3(uri)
+    if not key:
+        raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
     client = boto3_client()
-    body = _s3_call(uri, client.get_object, Bucket=bucket, Key=key)["Body"]
-    return body.read()
+    return _s3_call(uri, lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def read_text(uri: str) -> str:
@@ -306,29 +510,86 @@ def atomic_write(uri: str, data: bytes | str) -> None:
     uri = normalize(uri)
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        client = boto3_client()
-        _s3_call(uri, client.put_object, Bucket=bucket, Key=key, Body=data)
+        if not key:
+            raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
+        _s3_call(uri, boto3_client().put_object, Bucket=bucket, Key=key, Body=data)
         return
-    folder = os.path.dirname(uri)
+    try:
+        _write_local(uri, data, fsync=True)
+    except OSError as exc:
+        raise explain(exc, uri) from None
+
+
+def _write_local(path: str, data: bytes, *, fsync: bool) -> None:
+    """Temp file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(uri)}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, uri)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_many(
+    root: str,
+    items: Iterable[tuple[str, bytes]],
+    *,
+    workers: int = 16,
+    progress: bool = False,
+    total: int | None = None,
+) -> int:
+    """Write many objects under ``root`` from ``(relative/path, bytes)`` pairs.
+
+    ``items`` may be a generator: it is consumed as the writes complete, with a
+    bounded number in flight, so producing (e.g. encoding images) overlaps
+    uploading and memory stays flat. S3 PUTs run on a thread pool; local files
+    are written in place (each one atomically, without fsync: bulk data, not
+    manifests). Returns the number written."""
+    root = normalize(root)
+    if is_s3(root):
+        check_bucket(root)
+        bucket, key = _split_s3(root)
+        client = boto3_client()
+
+        def put(item: tuple[str, bytes]) -> None:
+            dest_key = posixpath.join(key, _safe_relpath(item[0])) if key else _safe_relpath(item[0])
+            _s3_call(
+                f"s3://{bucket}/{dest_key}", client.put_object, Bucket=bucket, Key=dest_key, Body=item[1]
+            )
+
+        return _run_parallel(
+            put, items, workers=workers, desc=f"write {root}", progress=progress, total=total
+        )
+
+    def write(item: tuple[str, bytes]) -> None:
+        dest = os.path.join(root, *_safe_relpath(item[0]).split("/"))
+        try:
+            _write_local(dest, item[1], fsync=False)
+        except OSError as exc:
+            raise explain(exc, dest) from None
+
+    # Local writes are cheap system calls: threads would only add overhead.
+    return _run_parallel(write, items, workers=0, desc=f"write {root}", progress=progress, total=total)
+
+
+def _safe_relpath(rel: str) -> str:
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"relative path {rel!r} must be like 'a/b.jpg' (no '..', no leading '/')")
+    return "/".join(parts)
 
 
 def delete_prefix(uri: str) -> int:
     """Delete every object under a prefix (or a local folder). Returns the count."""
     uri = normalize(uri)
     if not is_s3(uri):
-        import shutil
-
         if os.path.isdir(uri):
             n = sum(len(files) for _, _, files in os.walk(uri))
             shutil.rmtree(uri)
@@ -339,20 +600,74 @@ def delete_prefix(uri: str) -> int:
         return 0
     bucket, _ = _split_s3(uri)
     client = boto3_client()
-    keys = [o.uri[len(f"s3://{bucket}/") :] for o in list_objects(uri)]
+    keys = [_key_of(o.uri) for o in list_objects(uri)]
     for i in range(0, len(keys), 1000):
         chunk = keys[i : i + 1000]
-        _s3_call(uri, client.delete_objects, Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
+        response = _s3_call(
+            uri, client.delete_objects, Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk]}
+        )
+        # DeleteObjects answers 200 even when single keys fail: check each.
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise explain(
+                RuntimeError(f"{first.get('Code', '')}: {first.get('Message', '')}"),
+                f"s3://{bucket}/{first.get('Key', '')}",
+            )
     return len(keys)
 
 
 # --------------------------------------------------------------------------- folders
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int | None, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="file", disable=not enabled, leave=False)
+
+
+def _run_parallel(
+    fn: Callable[[Any], None],
+    items: Iterable[Any],
+    *,
+    workers: int,
+    desc: str,
+    progress: bool,
+    total: int | None = None,
+) -> int:
+    """Apply ``fn`` to every item on ``workers`` threads (0: inline), with progress.
+
+    At most ``2 * workers`` items are in flight, so a generator of large
+    payloads is never materialised. The first error cancels what has not
+    started and is raised once the running calls finish."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    done = 0
+    with _progress(total, desc, progress) as bar:
+        if workers <= 0:
+            for item in items:
+                fn(item)
+                done += 1
+                bar.update(1)
+            return done
+        pool = futures.ThreadPoolExecutor(workers)
+        pending: set[futures.Future] = set()
+        try:
+            for item in items:
+                if len(pending) >= 2 * workers:
+                    finished, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                    for fut in finished:
+                        fut.result()
+                        done += 1
+                        bar.update(1)
+                pending.add(pool.submit(fn, item))
+            for fut in futures.as_completed(pending):
+                fut.result()
+                done += 1
+                bar.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return done
 
 
 def upload_dir(local_dir: str, uri: str, *, workers: int = 16, progress: bool = True) -> int:
@@ -365,13 +680,13 @@ def upload_dir(local_dir: str, uri: str, *, workers: int = 16, progress: bool = 
     files = list(list_objects(local_dir))
     uri = normalize(uri)
     if not is_s3(uri):
-        import shutil
 
-        for obj in files:
-            dest = os.path.join(uri, obj.path)
+        def copy(obj: ObjectInfo) -> None:
+            dest = os.path.join(uri, *obj.path.split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.copyfile(obj.uri, dest)
-        return len(files)
+
+        return _run_parallel(copy, files, workers=0, desc=f"copy to {uri}", progress=progress)
     check_bucket(uri)
     bucket, key = _split_s3(uri)
     client = boto3_client()
@@ -380,55 +695,58 @@ def upload_dir(local_dir: str, uri: str, *, workers: int = 16, progress: bool = 
         dest_key = posixpath.join(key, obj.path) if key else obj.path
         _s3_call(f"s3://{bucket}/{dest_key}", client.upload_file, obj.uri, bucket, dest_key)
 
-    with _progress(len(files), f"upload {uri}", progress) as bar, futures.ThreadPoolExecutor(workers) as pool:
-        for fut in futures.as_completed([pool.submit(put, o) for o in files]):
-            fut.result()
-            bar.update(1)
-    return len(files)
+    return _run_parallel(put, files, workers=workers, desc=f"upload {uri}", progress=progress)
 
 
 def download_prefix(uri: str, local_dir: str, *, workers: int = 16, progress: bool = True) -> int:
     """Copy every object under a prefix into a local folder. Returns the number of files."""
     uri = normalize(uri)
     local_dir = normalize(local_dir)
+    if is_s3(local_dir):
+        raise StorageError(f"download destination must be a local folder, got {local_dir!r}")
     objects = list(list_objects(uri))
     if not objects:
-        raise StorageError(f"{uri}: nothing to download (empty or missing prefix)")
+        raise StorageError(f"{uri}: nothing to download (empty or missing prefix); check the URI")
     if not is_s3(uri):
-        import shutil
 
-        for obj in objects:
-            dest = os.path.join(local_dir, obj.path)
+        def copy(obj: ObjectInfo) -> None:
+            dest = os.path.join(local_dir, *obj.path.split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.copyfile(obj.uri, dest)
-        return len(objects)
+
+        return _run_parallel(copy, objects, workers=0, desc=f"copy {uri}", progress=progress)
     bucket, _ = _split_s3(uri)
     client = boto3_client()
 
     def get(obj: ObjectInfo) -> None:
         dest = os.path.join(local_dir, *obj.path.split("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = f"{dest}.{uuid.uuid4().hex}.part"
-        _s3_call(obj.uri, client.download_file, bucket, obj.uri[len(f"s3://{bucket}/") :], tmp)
-        os.replace(tmp, dest)
+        _download_atomic(client, obj.uri, bucket, _key_of(obj.uri), dest)
 
-    with _progress(len(objects), f"download {uri}", progress) as bar, futures.ThreadPoolExecutor(workers) as pool:
-        for fut in futures.as_completed([pool.submit(get, o) for o in objects]):
-            fut.result()
-            bar.update(1)
-    return len(objects)
+    return _run_parallel(get, objects, workers=workers, desc=f"download {uri}", progress=progress)
+
+
+def _download_atomic(client, uri: str, bucket: str, key: str, dest: str) -> None:
+    """Download to a temp name and rename, so a failure never leaves a partial file."""
+    tmp = f"{dest}.{uuid.uuid4().hex}.part"
+    try:
+        _s3_call(uri, client.download_file, bucket, key, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def download_file(uri: str, local_path: str) -> str:
     """Fetch one object to a local file (atomically). Local URIs are returned as they are."""
     uri = normalize(uri)
     if not is_s3(uri):
-        if not os.path.exists(uri):
+        if not os.path.isfile(uri):
             raise StorageError(f"{uri}: no such file; check the path")
         return uri
-    os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-    tmp = f"{local_path}.{uuid.uuid4().hex}.part"
     bucket, key = _split_s3(uri)
-    _s3_call(uri, boto3_client().download_file, bucket, key, tmp)
-    os.replace(tmp, local_path)
+    if not key:
+        raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
+    os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+    _download_atomic(boto3_client(), uri, bucket, key, local_path)
     return local_path

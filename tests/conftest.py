@@ -126,3 +126,48 @@ def ray_cluster(s3_server):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+# --------------------------------------------------------------------------- shared training run
+# Each Ray Train launch costs ~30-40 s here, so the suite trains once per session
+# and every test that needs a trained run or checkpoint reuses this one.
+
+SHARED_CLASSES = 3
+
+
+@pytest.fixture(scope="session")
+def shapes_data(session_bucket, tmp_path_factory):
+    """A small learnable synthetic tree in S3 with two corrupt files in train/."""
+    from imgrec import storage, synth
+
+    uri = f"{session_bucket}/data/shapes"
+    synth.make_dataset(uri, task="shapes", classes=SHARED_CLASSES, per_class=150, test_per_class=20,
+                       image_size=(32, 32), seed=1)
+    first = synth.class_names("shapes", SHARED_CLASSES)[0]
+    storage.atomic_write(f"{uri}/train/{first}/corrupt.jpg", b"\xff\xd8\xff\xe0 this is not a jpeg")
+    storage.atomic_write(f"{uri}/train/{first}/empty.png", b"")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_cluster, shapes_data, session_bucket):
+    """2-worker training with checkpoints in S3; a worker is killed in epoch 2 and
+    Ray Train restarts the group from the last checkpoint."""
+    from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+    from imgrec.train import train
+
+    cfg = TrainConfig(
+        data=DataConfig(uri=shapes_data, decode=DecodeConfig(image_size=(32, 32))),
+        model=ModelConfig(name="small_cnn"),
+        augment=AugmentConfig(horizontal_flip=True),
+        storage=f"{session_bucket}/runs",
+        run_name="shared",
+        workers=2,
+        batch_size=16,
+        epochs=6,
+        learning_rate=3e-3,
+        fail_at_epoch=2,
+        max_failures=2,
+        keep_checkpoints=2,
+    )
+    return cfg, train(cfg)

@@ -1,0 +1,586 @@
+# imgrec on AWS: one bucket for images, weights, runs, sweeps and predictions,
+# and the IAM identities the Ray cluster runs as.
+#
+#   terraform -chdir=infra init && terraform -chdir=infra apply
+#
+# Bucket layout and what the cluster may do there (see the IAM policy below):
+#   data/ weights/                          read only
+#   runs/ sweeps/ predictions/ scratch/     read, write, delete (checkpoint pruning deletes)
+# A best.json under runs/ or sweeps/ points at live checkpoints, so no rule in
+# this file ever expires a *current* object under runs/ or sweeps/.
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+
+  bucket_name     = var.bucket_name != "" ? var.bucket_name : "imgrec-${local.account_id}-${var.region}"
+  log_bucket_name = "${local.bucket_name}-logs"
+}
+
+# --------------------------------------------------------------------------- encryption key
+#
+# SSE-KMS with a customer-managed key rather than SSE-S3: access to the data
+# then needs both an S3 grant and a KMS grant (a mistaken bucket policy alone
+# cannot expose it), every decrypt is in CloudTrail, and the key can be
+# disabled to cut all access at once. The usual objection, KMS request cost
+# on millions of small image reads, is removed by S3 Bucket Keys
+# (bucket_key_enabled below), which cut KMS calls by ~99%.
+
+resource "aws_kms_key" "bucket" {
+  description             = "imgrec bucket default encryption (SSE-KMS)"
+  enable_key_rotation     = true
+  deletion_window_in_days = var.kms_deletion_window_days
+  policy                  = data.aws_iam_policy_document.kms_key.json
+}
+
+resource "aws_kms_alias" "bucket" {
+  name          = "alias/${var.name_prefix}-bucket"
+  target_key_id = aws_kms_key.bucket.key_id
+}
+
+# The AWS default key policy: the account administers the key, and IAM
+# policies (such as the cluster's below) decide who may use it. Without this
+# statement the key would be unmanageable.
+data "aws_iam_policy_document" "kms_key" {
+  #checkov:skip=CKV_AWS_109:A key policy's Resource "*" means "this key"; delegating to the account's IAM is the AWS default key policy.
+  #checkov:skip=CKV_AWS_111:Same: "*" in a key policy is this key only; who may encrypt/decrypt is decided by IAM (policy s3_access).
+  #checkov:skip=CKV_AWS_356:Same: "*" in a key policy is this key only, not every resource.
+  statement {
+    sid       = "AccountAdministersKeyViaIAM"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
+    }
+  }
+}
+
+# --------------------------------------------------------------------------- the bucket
+
+resource "aws_s3_bucket" "main" {
+  #checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; versioning + the 30-day noncurrent window cover mistakes, and images/runs can be re-uploaded or retrained.
+  #checkov:skip=CKV2_AWS_62:No consumer of S3 event notifications exists; jobs are submitted explicitly with `ray job submit`.
+  bucket        = local.bucket_name
+  force_destroy = var.force_destroy
+}
+
+# ACLs off: every object belongs to the bucket owner, access is by policy only.
+resource "aws_s3_bucket_ownership_controls" "main" {
+  bucket = aws_s3_bucket.main.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "main" {
+  bucket                  = aws_s3_bucket.main.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+# Versioning makes overwrites and deletes (checkpoint pruning, a re-run writing
+# the same path) recoverable for var.noncurrent_version_days.
+resource "aws_s3_bucket_versioning" "main" {
+  bucket = aws_s3_bucket.main.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "main" {
+  bucket = aws_s3_bucket.main.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.bucket.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+# Who read or deleted what (S3 server access logs), into a separate bucket.
+resource "aws_s3_bucket_logging" "main" {
+  bucket        = aws_s3_bucket.main.id
+  target_bucket = aws_s3_bucket.logs.id
+  target_prefix = "s3-access/${local.bucket_name}/"
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "main" {
+  bucket = aws_s3_bucket.main.id
+
+  # Whole bucket, but only history: replaced/deleted versions are purged after
+  # the undo window, and delete markers with nothing behind them are cleaned
+  # up. Current objects (live checkpoints, best.json, images) are untouched.
+  rule {
+    id     = "purge-noncurrent-versions"
+    status = "Enabled"
+    # Whole bucket. `filter {}` would mean the same but warns on AWS provider >= 5.90.
+    filter {
+      prefix = ""
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_days
+    }
+    expiration {
+      expired_object_delete_marker = true
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = var.abort_multipart_days
+    }
+  }
+
+  # scratch/ is temporary by contract: current objects expire too.
+  rule {
+    id     = "expire-scratch"
+    status = "Enabled"
+    filter {
+      prefix = "scratch/"
+    }
+    expiration {
+      days = var.scratch_expiry_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+
+  # Rules on a versioned bucket must be created after versioning is on.
+  depends_on = [aws_s3_bucket_versioning.main]
+}
+
+# TLS only (and TLS 1.2+): plain-HTTP requests are denied for everyone.
+data "aws_iam_policy_document" "main_bucket" {
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.main.arn, "${aws_s3_bucket.main.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+  statement {
+    sid       = "DenyOutdatedTLS"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.main.arn, "${aws_s3_bucket.main.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "NumericLessThan"
+      variable = "s3:TlsVersion"
+      values   = ["1.2"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "main" {
+  bucket = aws_s3_bucket.main.id
+  policy = data.aws_iam_policy_document.main_bucket.json
+  # A bucket policy put before the public access block can race it.
+  depends_on = [aws_s3_bucket_public_access_block.main]
+}
+
+# --------------------------------------------------------------------------- access-log bucket
+
+resource "aws_s3_bucket" "logs" {
+  #checkov:skip=CKV_AWS_144:Access logs are an audit trail, not data to restore; replication doubles cost for no recovery benefit.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes events for log objects.
+  #checkov:skip=CKV_AWS_145:S3 server access log delivery supports only SSE-S3 on the target bucket, not SSE-KMS.
+  bucket        = local.log_bucket_name
+  force_destroy = var.force_destroy
+}
+
+resource "aws_s3_bucket_ownership_controls" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "logs" {
+  bucket                  = aws_s3_bucket.logs.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_versioning" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "AES256" # the only option for server access log targets
+    }
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "logs" {
+  bucket = aws_s3_bucket.logs.id
+  rule {
+    id     = "expire-access-logs"
+    status = "Enabled"
+    # Whole bucket. `filter {}` would mean the same but warns on AWS provider >= 5.90.
+    filter {
+      prefix = ""
+    }
+    expiration {
+      days = var.access_log_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+  depends_on = [aws_s3_bucket_versioning.logs]
+}
+
+# With ACLs disabled, log delivery is granted by bucket policy, and only for
+# logs of our own bucket in our own account (confused-deputy guard).
+data "aws_iam_policy_document" "logs_bucket" {
+  statement {
+    sid       = "S3ServerAccessLogDelivery"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.logs.arn}/s3-access/*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logging.s3.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = [aws_s3_bucket.main.arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "logs" {
+  bucket     = aws_s3_bucket.logs.id
+  policy     = data.aws_iam_policy_document.logs_bucket.json
+  depends_on = [aws_s3_bucket_public_access_block.logs]
+}
+
+# --------------------------------------------------------------------------- what the cluster may do in S3
+#
+# Prefixes are spelled out, not generated, so that a reviewer (and
+# tests/test_cluster_infra.py) sees exactly what is granted where.
+
+data "aws_iam_policy_document" "s3_access" {
+  # Listing is limited to the six prefixes. "IfExists" because HeadBucket
+  # (pyarrow's create_dir, imgrec.storage.check_bucket) is authorised as
+  # s3:ListBucket but carries no prefix: a plain StringLike would deny it and
+  # Ray Train could not create its run folder. The bucket holds nothing but
+  # these prefixes, all of which this role may read.
+  statement {
+    sid       = "ListOwnPrefixes"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.main.arn]
+    condition {
+      test     = "StringLikeIfExists"
+      variable = "s3:prefix"
+      values = [
+        "data", "data/*", "weights", "weights/*",
+        "runs", "runs/*", "sweeps", "sweeps/*",
+        "predictions", "predictions/*", "scratch", "scratch/*",
+      ]
+    }
+  }
+
+  # Inputs: images and backbone weights are read, never written by jobs.
+  statement {
+    sid     = "ReadInputs"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/data/*",
+      "${aws_s3_bucket.main.arn}/weights/*",
+    ]
+  }
+
+  # Outputs: checkpoints, metrics, reports, sweep results, predictions. Delete is
+  # needed for checkpoint pruning; it only adds a delete marker (no
+  # s3:DeleteObjectVersion), so a pruned checkpoint stays recoverable for
+  # var.noncurrent_version_days. Multipart actions: large checkpoint uploads.
+  statement {
+    sid = "ReadWriteOutputs"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:DeleteObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = [
+      "${aws_s3_bucket.main.arn}/runs/*",
+      "${aws_s3_bucket.main.arn}/sweeps/*",
+      "${aws_s3_bucket.main.arn}/predictions/*",
+      "${aws_s3_bucket.main.arn}/scratch/*",
+    ]
+  }
+
+  # pyarrow's get_file_info("bucket/runs") first HEADs an object named
+  # exactly "runs". Without s3:GetObject on that key S3 answers 403, not 404,
+  # and pyarrow raises instead of reporting "not a file". No such objects exist.
+  statement {
+    sid     = "HeadPrefixRoots"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/data",
+      "${aws_s3_bucket.main.arn}/weights",
+      "${aws_s3_bucket.main.arn}/runs",
+      "${aws_s3_bucket.main.arn}/sweeps",
+      "${aws_s3_bucket.main.arn}/predictions",
+      "${aws_s3_bucket.main.arn}/scratch",
+    ]
+  }
+
+  # SSE-KMS: S3 uses the key on the caller's behalf; only through S3 in this region.
+  statement {
+    sid       = "UseBucketKeyViaS3"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.bucket.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "s3_access" {
+  name        = "${var.name_prefix}-s3-access"
+  description = "imgrec Ray cluster: read data/ and weights/, read/write/delete runs/ sweeps/ predictions/ scratch/"
+  policy      = data.aws_iam_policy_document.s3_access.json
+}
+
+# --------------------------------------------------------------------------- EC2 identities (cluster/aws.yaml)
+
+data "aws_iam_policy_document" "ec2_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+# Worker nodes (CPU and GPU groups): S3 only.
+resource "aws_iam_role" "cluster" {
+  name               = "${var.name_prefix}-ray-cluster"
+  description        = "imgrec Ray worker nodes: S3 access to the imgrec bucket"
+  assume_role_policy = data.aws_iam_policy_document.ec2_trust.json
+}
+
+resource "aws_iam_role_policy_attachment" "cluster_s3" {
+  role       = aws_iam_role.cluster.name
+  policy_arn = aws_iam_policy.s3_access.arn
+}
+
+resource "aws_iam_instance_profile" "cluster" {
+  name = "${var.name_prefix}-ray-cluster"
+  role = aws_iam_role.cluster.name
+}
+
+# Head node: the same S3 access (job drivers run there and write reports,
+# best.json) plus what the Ray autoscaler needs to start and stop workers.
+# Without a profile of our own, `ray up` would create ray-autoscaler-v1 with
+# AmazonEC2FullAccess + AmazonS3FullAccess.
+resource "aws_iam_role" "head" {
+  name               = "${var.name_prefix}-ray-head"
+  description        = "imgrec Ray head node: S3 access + Ray autoscaler"
+  assume_role_policy = data.aws_iam_policy_document.ec2_trust.json
+}
+
+resource "aws_iam_role_policy_attachment" "head_s3" {
+  role       = aws_iam_role.head.name
+  policy_arn = aws_iam_policy.s3_access.arn
+}
+
+resource "aws_iam_instance_profile" "head" {
+  name = "${var.name_prefix}-ray-head"
+  role = aws_iam_role.head.name
+}
+
+locals {
+  ec2_arn = "arn:${local.partition}:ec2:${var.region}:${local.account_id}"
+}
+
+data "aws_iam_policy_document" "autoscaler" {
+  # Read-only EC2 calls have no resource-level permissions in IAM.
+  statement {
+    sid = "Describe"
+    actions = [
+      "ec2:DescribeInstances",
+      "ec2:DescribeInstanceTypes",
+      "ec2:DescribeImages",
+      "ec2:DescribeSubnets",
+      "ec2:DescribeSecurityGroups",
+      "ec2:DescribeKeyPairs",
+    ]
+    resources = ["*"]
+  }
+
+  # Launch workers only when the new instance carries this cluster's tag
+  # (Ray tags every node with ray-cluster-name at launch).
+  statement {
+    sid       = "LaunchTaggedInstances"
+    actions   = ["ec2:RunInstances"]
+    resources = ["${local.ec2_arn}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/ray-cluster-name"
+      values   = [var.ray_cluster_name]
+    }
+  }
+
+  # The other resources a RunInstances call touches.
+  statement {
+    sid     = "LaunchUsingResources"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      "arn:${local.partition}:ec2:${var.region}::image/*",
+      "${local.ec2_arn}:subnet/*",
+      "${local.ec2_arn}:security-group/*",
+      "${local.ec2_arn}:network-interface/*",
+      "${local.ec2_arn}:volume/*",
+      "${local.ec2_arn}:key-pair/*",
+      "${local.ec2_arn}:spot-instances-request/*",
+    ]
+  }
+
+  statement {
+    sid       = "TagAtLaunch"
+    actions   = ["ec2:CreateTags"]
+    resources = ["${local.ec2_arn}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["RunInstances"]
+    }
+  }
+
+  # Ray rewrites node-status tags, and terminates idle workers: own nodes only.
+  statement {
+    sid       = "ManageOwnNodes"
+    actions   = ["ec2:CreateTags", "ec2:TerminateInstances"]
+    resources = ["${local.ec2_arn}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/ray-cluster-name"
+      values   = [var.ray_cluster_name]
+    }
+  }
+
+  # Workers get the S3-only profile, never the head's.
+  statement {
+    sid       = "PassWorkerRole"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.cluster.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ec2.amazonaws.com"]
+    }
+  }
+
+  # cluster/aws.yaml names AMIs as resolve:ssm:/aws/service/... public parameters.
+  statement {
+    sid       = "ResolvePublicAmiParameters"
+    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+    resources = ["arn:${local.partition}:ssm:${var.region}::parameter/aws/service/*"]
+  }
+}
+
+resource "aws_iam_policy" "autoscaler" {
+  name        = "${var.name_prefix}-ray-autoscaler"
+  description = "imgrec Ray head: launch, tag and terminate this cluster's workers"
+  policy      = data.aws_iam_policy_document.autoscaler.json
+}
+
+resource "aws_iam_role_policy_attachment" "head_autoscaler" {
+  role       = aws_iam_role.head.name
+  policy_arn = aws_iam_policy.autoscaler.arn
+}
+
+# --------------------------------------------------------------------------- optional: IRSA for KubeRay on EKS
+
+data "aws_iam_policy_document" "irsa_trust" {
+  count = var.eks_oidc_issuer == "" ? 0 : 1
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:oidc-provider/${var.eks_oidc_issuer}"]
+    }
+    # Only the Ray pods' ServiceAccount, not every pod in the EKS cluster.
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_issuer}:sub"
+      values   = ["system:serviceaccount:${var.k8s_namespace}:${var.k8s_service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_issuer}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "irsa" {
+  count              = var.eks_oidc_issuer == "" ? 0 : 1
+  name               = "${var.name_prefix}-ray-irsa"
+  description        = "imgrec KubeRay pods (IRSA): S3 access to the imgrec bucket"
+  assume_role_policy = data.aws_iam_policy_document.irsa_trust[0].json
+}
+
+resource "aws_iam_role_policy_attachment" "irsa_s3" {
+  count      = var.eks_oidc_issuer == "" ? 0 : 1
+  role       = aws_iam_role.irsa[0].name
+  policy_arn = aws_iam_policy.s3_access.arn
+}

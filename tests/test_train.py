@@ -1,0 +1,149 @@
+"""Training on Ray Train under MultiWorkerMirroredStrategy, end to end: the core
+path (S3 images -> Ray Data -> 2 workers -> checkpoint in S3 -> a Ray Data actor
+predicts), fault recovery, resume, bad files, reports, the course's CIFAR path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from imgrec import checkpoint as ckpt
+from imgrec import storage
+
+
+def test_core_path_checkpoint_lands_in_s3(trained_run):
+    cfg, result = trained_run
+    assert result.run_uri == f"{cfg.storage}/shared"
+    assert result.best_checkpoint.startswith(f"{cfg.storage}/shared/checkpoint_")
+    keys = {o.path for o in storage.list_objects(result.best_checkpoint)}
+    assert keys == {"model.keras", "manifest.json"}
+    manifest = ckpt.read_manifest(result.best_checkpoint)
+    assert manifest["class_names"] == result.class_names and len(result.class_names) == 3
+    assert manifest["image_size"] == [32, 32]
+    assert manifest["data"]["uri"].endswith("/data/shapes") and manifest["data"]["split_seed"] == 0
+    assert manifest["backbone"] is None and manifest["model"]["name"] == "small_cnn"
+
+
+def test_both_workers_end_with_identical_weights(trained_run):
+    _, result = trained_run
+    digests = [json.loads(storage.read_text(f"{result.run_uri}/replicas/rank-{r}.json")) for r in (0, 1)]
+    assert digests[0]["weights_sha256"] == digests[1]["weights_sha256"]
+    # BatchNorm statistics included: they are averaged across workers every epoch.
+    assert digests[0]["weights_sha256"]["non_trainable"]
+
+
+def test_training_learns_far_above_chance(trained_run):
+    _, result = trained_run
+    assert result.test_metrics["split"] == "test"
+    assert result.test_metrics["count"] == 60
+    assert result.test_metrics["accuracy"] > 0.7, result.test_metrics  # chance is 1/3
+
+
+def test_ray_data_actor_reloads_checkpoint_and_predicts(trained_run):
+    """A Ray Data actor loads the S3 checkpoint (safe mode) and predicts raw pixels
+    exactly as the driver's own copy of the model does."""
+    import ray
+
+    from imgrec.predict import predict_dataset
+
+    _, result = trained_run
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    ds = ray.data.from_items([{"image": im} for im in images])
+    probs = np.concatenate([b["probs"] for b in predict_dataset(ds, result.run_uri).iter_batches(
+        batch_size=8, batch_format="numpy")])
+    model = ckpt.load_model(result.run_uri)
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_killed_worker_is_recovered_and_run_finishes(trained_run):
+    cfg, result = trained_run
+    assert storage.exists(f"{result.run_uri}/.fault-injected")  # the worker really died
+    history = json.loads(storage.read_text(f"{result.run_uri}/history.json"))
+    assert history["status"] == "finished"
+    assert [h["epoch"] for h in history["epochs"]] == list(range(1, cfg.epochs + 1))
+
+
+def test_corrupt_images_are_skipped_and_reported(trained_run):
+    _, result = trained_run
+    reasons = {storage.basename(b["path"]): b["reason"] for b in result.bad_files}
+    assert set(reasons) == {"corrupt.jpg", "empty.png"}
+    assert "zero" in reasons["empty.png"].lower()
+    report = storage.read_text(result.report_uri)
+    assert "corrupt.jpg" in report and "Skipped files (2)" in report
+
+
+def test_checkpoints_pruned_to_best_k_plus_latest(trained_run):
+    cfg, result = trained_run
+    refs = ckpt.list_checkpoints(result.run_uri)
+    assert 1 <= len(refs) <= cfg.keep_checkpoints + 1
+    assert refs[-1].epoch == cfg.epochs  # the latest is always kept
+    best = ckpt.resolve(result.run_uri)
+    assert best.score == max(r.score for r in refs)
+
+
+def test_report_and_plots_in_run_folder(trained_run):
+    _, result = trained_run
+    names = {o.path for o in storage.list_objects(result.run_uri)}
+    for name in ("report.html", "history.png", "confusion.png", "evaluation.json", "history.json"):
+        assert name in names, names
+    assert any(n.startswith("tensorboard/") for n in names)
+    assert storage.read_bytes(f"{result.run_uri}/history.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    html = storage.read_text(result.report_uri)
+    assert "history.png" in html and "confusion.png" in html and "Test accuracy" in html
+
+
+def test_load_model_from_run_and_checkpoint_uri(trained_run):
+    _, result = trained_run
+    by_run = ckpt.load_model(result.run_uri)
+    by_ckpt = ckpt.load_model(result.best_checkpoint)
+    manifest = ckpt.read_manifest(result.best_checkpoint)
+    assert int(by_run.optimizer.iterations.numpy()) == manifest["optimizer_iterations"] > 0
+    x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(by_run.predict(x, verbose=0), by_ckpt.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_incomplete_checkpoint_is_never_used(trained_run, bucket):
+    """A checkpoint folder whose model file is truncated (or whose manifest is
+    missing) is ignored; the good one still resolves."""
+    _, result = trained_run
+    run = f"{bucket}/runs/partial"
+    good = f"{run}/checkpoint_a"
+    for obj in storage.list_objects(result.best_checkpoint):
+        storage.atomic_write(f"{good}/{obj.path}", storage.read_bytes(obj.uri))
+    manifest = json.loads(storage.read_text(f"{good}/manifest.json"))
+    manifest.update(epoch=99, metrics={"val_accuracy": 1.0})
+    storage.atomic_write(f"{run}/checkpoint_b/manifest.json", json.dumps(manifest))
+    storage.atomic_write(f"{run}/checkpoint_b/model.keras", b"half a model")
+    storage.atomic_write(f"{run}/checkpoint_c/model.keras", storage.read_bytes(f"{good}/model.keras"))
+    assert [r.uri for r in ckpt.list_checkpoints(run)] == [good]
+    assert ckpt.resolve(run).uri == good
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        ckpt.resolve(f"{run}/checkpoint_b")
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        ckpt.resolve(f"{bucket}/runs/nothing-here") if storage.exists(f"{bucket}/runs/nothing-here") else \
+            ckpt.resolve(f"{run}/checkpoint_c")
+
+
+def test_resume_continues_epochs_and_optimizer_state(trained_run):
+    """The course's save / load_model / continue fit, on the cluster: --resume
+    continues the epoch count and optimizer.iterations from the last checkpoint."""
+    from imgrec.config import TrainConfig
+    from imgrec.train import train
+
+    cfg, result = trained_run
+    before = ckpt.resolve(result.run_uri, "latest")
+    resumed = train(TrainConfig(resume=result.run_uri, epochs=cfg.epochs + 1, workers=2, evaluate=False,
+                                report=False))
+    assert resumed.run_uri == result.run_uri
+    latest = ckpt.resolve(result.run_uri, "latest")
+    assert latest.epoch == cfg.epochs + 1
+    assert [h["epoch"] for h in latest.manifest["history"]] == list(range(1, cfg.epochs + 2))
+    steps_per_epoch = before.manifest["optimizer_iterations"] // before.epoch
+    assert latest.manifest["optimizer_iterations"] == before.manifest["optimizer_iterations"] + steps_per_epoch
+    model = ckpt.load_model(latest.uri)
+    assert int(model.optimizer.iterations.numpy()) == latest.manifest["optimizer_iterations"]

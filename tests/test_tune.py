@@ -1,0 +1,250 @@
+"""Hyperparameter sweeps (imgrec.tune): Ray Tune trials, each a Ray Train V2 run,
+on the session's local Ray cluster with checkpoints in (moto) S3.
+
+Each trial is a whole Train launch (tens of seconds here), so the default suite
+runs ONE 4-trial sweep (with an injected failure) and checks everything on it,
+including a resume that must not rerun anything. The driver-kill test is slow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgrec import checkpoint as ckpt
+from imgrec import storage
+from imgrec.config import (
+    ConfigError,
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    SweepConfig,
+    TrainConfig,
+    replace,
+    to_dict,
+)
+
+SIZE = (32, 32)
+
+
+def _base(data_uri: str, **changes) -> TrainConfig:
+    """The smallest transfer job: MobileNet at width 0.25 on 32x32 images, one worker."""
+    settings = dict(
+        data=DataConfig(uri=data_uri, decode=DecodeConfig(image_size=SIZE)),
+        model=ModelConfig(name="mobilenet", alpha=0.25, weights="none"),
+        workers=1,
+        batch_size=8,
+        epochs=2,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def _make_data(uri: str) -> str:
+    from imgrec import synth
+
+    synth.make_dataset(uri, task="shapes", classes=3, per_class=12, test_per_class=3, image_size=SIZE, seed=0)
+    return uri
+
+
+def _trial_objects(sweep_uri: str, trial: str) -> dict[str, int]:
+    return {o.uri: o.size for o in storage.list_objects(storage.join(sweep_uri, "trials", trial))}
+
+
+# --------------------------------------------------------------------------- config and helpers (no Ray Train)
+
+
+def test_sweep_config_validates_and_round_trips():
+    from imgrec.config import from_dict
+
+    cfg = SweepConfig(base=_base("/data"), freeze_depths=[0, 9, "all"], batch_sizes=[8, 16],
+                      augment_presets=["none", "light"], fail_trials=[1])
+    assert from_dict(SweepConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    with pytest.raises(ConfigError, match="lr_min"):
+        SweepConfig(lr_min=1e-2, lr_max=1e-3)
+    with pytest.raises(ConfigError, match="scheduler"):
+        SweepConfig(scheduler="pbt")
+    with pytest.raises(ConfigError, match="preset"):
+        SweepConfig(augment_presets=["strong"])
+    with pytest.raises(ConfigError, match="workers"):
+        SweepConfig(base=_base("/data", workers=2, batch_size=8), batch_sizes=[1])
+
+
+def test_search_space_and_trial_config():
+    from ray import tune as ray_tune
+
+    from imgrec import tune
+
+    cfg = SweepConfig(base=_base("/data"), freeze_depths=[0, 9], lr_min=1e-4, lr_max=1e-2,
+                      augment_presets=["none", "course"], storage="/sweeps", name="s", fail_trials=[1])
+    space = tune.search_space(cfg)
+    assert isinstance(space["learning_rate"], ray_tune.search.sample.Float)
+    assert space["freeze_depth"].categories == [0, 9]
+    assert "batch_size" not in space  # not swept: the base's
+    grid = tune.search_space(replace(cfg, search="grid"))
+    assert grid["freeze_depth"] == {"grid_search": [0, 9]}
+
+    trial = tune.trial_config(cfg, {"freeze_depth": 9, "learning_rate": 3e-3, "augment": "course"}, "trial_001")
+    assert (trial.model.freeze_depth, trial.learning_rate, trial.batch_size) == (9, 3e-3, 8)
+    assert trial.augment.rotation_range == 40  # the course preset
+    assert trial.storage == "/sweeps/s/trials" and trial.run_name == "trial_001"
+    assert (trial.evaluate, trial.report) == (False, False)
+    assert (trial.fail_at_epoch, trial.fail_mode) == (1, "nan")  # trial 1 is in fail_trials
+    other = tune.trial_config(cfg, {"freeze_depth": 0, "learning_rate": 1e-3}, "trial_002")
+    assert other.fail_at_epoch is None
+
+    # No backbone, no freezing to sweep.
+    assert tune.freeze_depth_choices(SweepConfig(base=TrainConfig(model=ModelConfig(name="small_cnn")))) == [0]
+
+
+def test_results_files_from_rows():
+    import pyarrow.parquet as pq
+
+    from imgrec import tune
+
+    rows = [
+        {"rank": 1, "trial": "trial_000", "freeze_depth": "all", "learning_rate": 1e-3, "batch_size": 8,
+         "augment": "none", "best_val_accuracy": 0.9, "epochs": 2, "wall_time_s": 10.0, "status": "finished",
+         "error": None, "checkpoint": "/c", "run": "/r"},
+        {"rank": None, "trial": "trial_001", "freeze_depth": 9, "learning_rate": 1e-2, "batch_size": 8,
+         "augment": "none", "best_val_accuracy": None, "epochs": 1, "wall_time_s": 5.0, "status": "error",
+         "error": "NonFiniteLossError: boom", "checkpoint": None, "run": "/r1"},
+    ]
+    assert tune.table_csv(rows).splitlines()[0].split(",") == tune.TABLE_COLUMNS
+    table = pq.read_table(io.BytesIO(tune.table_parquet(rows)))
+    assert table.num_rows == 2 and table.column("freeze_depth").to_pylist() == ["all", "9"]
+    assert tune.sweep_png(rows).startswith(b"\x89PNG")
+    text = tune.format_table(rows)
+    assert "trial_001" in text and "NonFiniteLossError" in text
+
+
+# --------------------------------------------------------------------------- one real sweep
+
+
+def test_sweep_four_trials_with_a_failed_trial_then_resume(ray_cluster, bucket):
+    """4 trials (1 Train worker each, 2 epochs, 2 at a time, ASHA), trial 1 given a
+    NaN loss: the sweep finishes, ranks the others, writes table, plot and best.json;
+    resuming the finished sweep reruns nothing."""
+    from imgrec import tune
+    from imgrec.data import load_dataset
+
+    base = _base(_make_data(f"{bucket}/shapes"))
+    cfg = SweepConfig(base=base, num_samples=4, freeze_depths=[0, 16], lr_min=1e-3, lr_max=1e-2,
+                      max_concurrent=2, storage=f"{bucket}/sweeps", name="s4", fail_trials=[1])
+    data = load_dataset(base.data)  # decoded once, shared by both calls below
+    t0 = time.time()
+    result = tune.sweep(cfg, dataset=data)
+    print(f"4-trial sweep: {time.time() - t0:.0f} s")
+
+    uri = f"{bucket}/sweeps/s4"
+    assert result.sweep_uri == uri
+    rows = {r["trial"]: r for r in result.rows}
+    assert sorted(rows) == ["trial_000", "trial_001", "trial_002", "trial_003"]
+
+    failed = rows["trial_001"]
+    assert failed["status"] == "error" and failed["rank"] is None
+    assert "NonFiniteLossError" in failed["error"] and "non-finite" in failed["error"]
+    assert result.rows[-1]["trial"] == "trial_001"  # errored trials sort last
+
+    ranked = [r for r in result.rows if r["rank"] is not None]
+    assert [r["rank"] for r in ranked] == [1, 2, 3]
+    accs = [r["best_val_accuracy"] for r in ranked]
+    assert accs == sorted(accs, reverse=True) and all(0.0 <= a <= 1.0 for a in accs)
+    for r in ranked:
+        assert r["status"] in ("finished", "stopped")  # ASHA may stop a weak trial after epoch 1
+        assert 1 <= r["epochs"] <= 2 and r["freeze_depth"] in (0, 16) and 1e-3 <= r["learning_rate"] <= 1e-2
+        # each trial's Train run lives under the sweep, with the trial's own hyperparameters
+        manifest = ckpt.resolve(r["checkpoint"]).manifest
+        assert r["run"] == f"{uri}/trials/{r['trial']}"
+        assert manifest["train_config"]["model"]["freeze_depth"] == r["freeze_depth"]
+        assert manifest["train_config"]["learning_rate"] == pytest.approx(r["learning_rate"])
+
+    # Table (CSV + Parquet), plot and best.json in the sweep's storage.
+    import pyarrow.parquet as pq
+
+    csv_lines = storage.read_text(f"{uri}/results.csv").splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("rank,trial,freeze_depth,learning_rate")
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{uri}/results.parquet")))
+    assert table.num_rows == 4 and table.column("trial").to_pylist()[0] == ranked[0]["trial"]
+    assert storage.read_bytes(f"{uri}/sweep.png").startswith(b"\x89PNG")
+
+    best = json.loads(storage.read_text(f"{uri}/best.json"))
+    assert best["trial"] == ranked[0]["trial"] and best["val_accuracy"] == ranked[0]["best_val_accuracy"]
+    ref = ckpt.resolve(best["checkpoint"])  # a complete checkpoint, ready for `imgrec predict --model`
+    assert ref.uri == best["checkpoint"] == result.best_checkpoint
+    assert best["run"] == f"{uri}/trials/{best['trial']}"
+    assert best["config"]["model"]["freeze_depth"] == ranked[0]["freeze_depth"]
+    assert best["test_metrics"]["split"] == "test" and best["test_metrics"]["count"] == 9
+
+    # Resume the (finished) sweep: nothing is trained again, the failed trial stays failed.
+    before = {r: _trial_objects(uri, r) for r in rows}
+    again = tune.sweep(replace(cfg, resume=True), dataset=data)
+    assert {r: _trial_objects(uri, r) for r in rows} == before
+    assert [(r["trial"], r["status"], r["best_val_accuracy"]) for r in again.rows] == \
+        [(r["trial"], r["status"], r["best_val_accuracy"]) for r in result.rows]
+
+    with pytest.raises(ConfigError, match="already holds a sweep"):
+        tune.sweep(cfg, dataset=data)  # the same name again without resume: refused, not overwritten
+
+
+# --------------------------------------------------------------------------- the driver dies mid-sweep
+
+_DRIVER = """
+import json, sys
+from imgrec.config import SweepConfig, from_dict
+from imgrec.tune import sweep
+sweep(from_dict(SweepConfig, json.loads(sys.argv[1])))
+"""
+
+
+def _trial_status(sweep_uri: str) -> dict[str, str]:
+    """Trial name -> status, from Tune's persisted experiment state."""
+    status = {}
+    for obj in storage.list_objects(sweep_uri):
+        if "/" in obj.path or not obj.path.startswith("experiment_state"):
+            continue
+        for trial_json, _ in json.loads(storage.read_text(obj.uri))["trial_data"]:
+            trial = json.loads(trial_json)
+            status[trial.get("custom_trial_name")] = trial["status"]
+    return status
+
+
+@pytest.mark.slow
+def test_sweep_resumes_after_its_driver_dies(ray_cluster, bucket, tmp_path):
+    """A 2-trial sweep (one at a time) whose driver process is killed once the first
+    trial finished: resuming keeps that trial as it is and runs only the second."""
+    from imgrec import tune
+
+    base = _base(_make_data(f"{bucket}/shapes"))
+    cfg = SweepConfig(base=base, num_samples=2, freeze_depths=[16], lr_min=1e-3, lr_max=1e-2, max_concurrent=1,
+                      scheduler="fifo", search="random", storage=f"{bucket}/sweeps", name="killed")
+    uri = f"{bucket}/sweeps/killed"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(to_dict(cfg))], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while _trial_status(uri).get("trial_000") != "TERMINATED":
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "trial_000 did not finish in 10 minutes"
+            time.sleep(2)
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the driver dies: no cleanup, no final results
+        driver.wait(30)
+        log.close()
+    assert not storage.exists(f"{uri}/results.csv")
+    finished = _trial_objects(uri, "trial_000")
+
+    result = tune.sweep(replace(cfg, resume=True))
+    assert _trial_objects(uri, "trial_000") == finished  # not retrained: no new checkpoint, same history
+    rows = {r["trial"]: r for r in result.rows}
+    assert sorted(rows) == ["trial_000", "trial_001"]
+    assert rows["trial_001"]["status"] == "finished" and rows["trial_001"]["epochs"] == 2
+    assert storage.exists(f"{uri}/best.json")
