@@ -80,6 +80,43 @@ def data_synth(
     typer.echo(str(summary))
 
 
+@data_app.command("inspect")
+def data_inspect(
+    uri: str = typer.Argument(..., help="Image tree root: s3://bucket/prefix or a local folder."),
+    sample: int = typer.Option(2000, help="Read the headers of at most this many files for the size summary."),
+    decode_all: bool = typer.Option(True, "--decode-all/--decode-sample", help="Find bad files by decoding "
+                                    "every file with Ray Data (default), or only the sample, in this process."),
+    validation_split: float = typer.Option(0.3, help="Held-out fraction of train/, as training splits it."),
+    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH the bad-file check decodes to."),
+) -> None:
+    """Counts per class and split, image sizes/modes/formats, and the files that fail to decode."""
+    from imgrec import data
+    from imgrec.config import DecodeConfig
+
+    with _clear_errors():
+        if decode_all:
+            from imgrec.train import ensure_ray
+
+            ensure_ray()
+        report = data.inspect(uri, DecodeConfig(image_size=image_size), validation_split=validation_split,
+                              sample=sample, decode_all=decode_all)
+    typer.echo(str(report))
+
+
+@data_app.command("export-cifar10")
+def data_export_cifar10(
+    uri: str = typer.Argument(..., help="Destination root: s3://bucket/prefix or a local folder."),
+    overwrite: bool = typer.Option(False, help="Replace what is already under URI."),
+) -> None:
+    """Download CIFAR-10 (keras.datasets) and write it as <URI>/train|test/<class>/<i>.png (lossless)."""
+    from imgrec import data
+
+    with _clear_errors():
+        counts = data.export_cifar10(uri, overwrite=overwrite, progress=True)
+    for split, per_class in counts.items():
+        typer.echo(f"{split}: {sum(per_class.values())} images, " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
+
+
 @augment_app.command("preview")
 def augment_preview(
     image: str = typer.Argument(..., help="Image file or s3:// URI."),

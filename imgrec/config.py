@@ -155,6 +155,7 @@ class ModelConfig:
     head: str = "lean"  # lean (dropout + Dense) | course (Dense 1024-1024-512)
     dropout: float = 0.2
     alpha: float | None = None  # MobileNet width multiplier
+    bn_momentum: float | None = None  # override BatchNorm momentum (0.9 suits short runs); None: the model's own
 
 
 @dataclass
@@ -226,7 +227,7 @@ class SweepConfig:
     resume: bool = False  # continue <storage>/<name> after its driver died
     evaluate: bool = True  # evaluate the best trial's checkpoint once, at the end
     seed: int = 0  # search algorithm seed
-    fail_trials: list[int] = field(default_factory=list)  # tests only: trial indices given a NaN loss
+    fail_trials: list[int] = field(default_factory=list)  # tests only: trial_<i> (0-based) gets a NaN loss
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

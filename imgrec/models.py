@@ -150,8 +150,8 @@ def _small_cnn(x, cfg: ModelConfig):
     """A VGG-style CNN with batch norm and global average pooling, ~140k parameters.
 
     Sized for training from scratch on 2 CPU cores: at 96 px and above the stem
-    convolution has stride 2, so 128x128 input costs about what 64x64 does
-    (~30-120 M multiply-adds per image)."""
+    convolution has stride 2, so 128x128 input costs what 64x64 does (~0.12 G
+    multiply-adds per image, forward)."""
     L = keras.layers
     stem_stride = 2 if min(x.shape[1], x.shape[2]) >= 96 else 1
     x = _conv_bn_relu(x, 32, "stem", strides=stem_stride)
@@ -456,6 +456,12 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
             x = _head(x, cfg)
     outputs = _output_layer(num_classes)(x)
     model = keras.Model(inputs, outputs, name=model_name(spec.name, cfg.alpha))
+    if cfg.bn_momentum is not None:
+        # Keras applications use 0.99, made for ImageNet-length runs; a run of a
+        # few hundred steps would evaluate with statistics still near their init.
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
         set_freeze_depth(model, cfg.freeze_depth)
     return model

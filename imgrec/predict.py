@@ -280,7 +280,8 @@ def predict_bucket(
 
     with tempfile.TemporaryDirectory(prefix="imgrec-predict-") as tmp:
         listing = _Listing(cfg, class_names, out)
-        plan = _Plan.write(os.path.join(tmp, "plan.jsonl"), _cut_chunks(listing.entries(), cfg.files_per_output))
+        chunks = _cut_chunks(_announce(listing.entries(), say), cfg.files_per_output)
+        plan = _Plan.write(os.path.join(tmp, "plan.jsonl"), chunks)
         if plan.files == 0:
             raise PredictError(
                 f"{listing.input}: no {'files' if cfg.all_files else 'image files'} to predict"
@@ -425,6 +426,14 @@ class _Listing:
             if label is not None and label not in self.classes:
                 label = None  # not a class of this model: cannot be scored
             yield _Entry(uri, path, None, label)
+
+
+def _announce(entries: Iterator[_Entry], say: Callable[[str], None], every: int = 100_000) -> Iterator[_Entry]:
+    """Pass entries through, saying how far the listing got (a big bucket takes minutes)."""
+    for i, entry in enumerate(entries, 1):
+        if i % every == 0:
+            say(f"[predict] listed {i} files...")
+        yield entry
 
 
 def _absolute(path: str, base: str) -> str:
@@ -625,7 +634,6 @@ class BucketPredictor(Predictor):
             "chunk": pa.array(batch["chunk"], pa.int32()),
             "pos": pa.array(batch["pos"], pa.int32()),
             "path": pa.array([str(p) for p in batch["path"]], pa.string()),
-            "label": pa.array([None if lab is None else str(lab) for lab in batch["label"]], pa.string()),
             "predicted": pa.array(good([self.class_names[i] for i in order[:, 0]]), pa.string()),
             "predicted_index": pa.array(good(order[:, 0].tolist()), pa.int32()),
             "confidence": pa.array(good(top[:, 0].tolist()), pa.float32()),
@@ -666,22 +674,14 @@ class _Runner:
             self._run_wave(wave, index)
 
     def _dataset(self, wave: list[_Chunk]):
-        """One block per batch, never straddling chunks, so decoding spreads over tasks."""
-        import pyarrow as pa
+        """One block per batch, so reading and decoding spread over the actors.
+        (``from_items`` builds blocks in this process; ``from_arrow`` would start
+        one remote task per block just to read its metadata.)"""
         import ray
 
-        size = self.cfg.batch_size
-        blocks = []
-        for c, chunk in enumerate(wave):
-            for start in range(0, len(chunk.paths), size):
-                stop = min(start + size, len(chunk.paths))
-                blocks.append(pa.table({
-                    "path": pa.array(chunk.paths[start:stop], pa.string()),
-                    "label": pa.array(chunk.labels[start:stop], pa.string()),
-                    "chunk": pa.array([c] * (stop - start), pa.int32()),
-                    "pos": pa.array(range(start, stop), pa.int32()),
-                }))
-        return ray.data.from_arrow(blocks)
+        rows = [{"path": path, "chunk": c, "pos": pos}
+                for c, chunk in enumerate(wave) for pos, path in enumerate(chunk.paths)]
+        return ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // self.cfg.batch_size)))
 
     def _run_wave(self, wave: list[_Chunk], index: dict[str, int]) -> None:
         import pyarrow.compute as pc
@@ -690,6 +690,10 @@ class _Runner:
         from imgrec.train import ensure_ray
 
         ensure_ray()
+        # With equal resources (CPU actors) Ray Data fuses this decode step into the
+        # model actors: each reads with 16 threads, decodes (PIL releases the GIL),
+        # then predicts, with no pixels through the object store. GPU actors differ
+        # in resources, so decoding then runs in separate CPU tasks feeding them.
         ds = self._dataset(wave).map_batches(
             DecodeImages(self.decode), batch_size=self.cfg.batch_size, batch_format="numpy"
         )
@@ -730,7 +734,9 @@ class _Runner:
 
         table = pa.concat_tables(tables).sort_by("pos")
         n = table.num_rows
-        table = table.drop_columns(["chunk", "pos"])
+        # Labels never travel through the pipeline: the driver knows them by position.
+        labels = pa.array([chunk.labels[i] for i in table.column("pos").to_pylist()], pa.string())
+        table = table.drop_columns(["chunk", "pos"]).append_column("label", labels)
         table = table.append_column("model_uri", pa.array([storage.normalize(self.cfg.model)] * n, pa.string()))
         table = table.append_column("checkpoint", pa.array([self.ref.uri] * n, pa.string()))
         table = table.select(output_schema().names).cast(output_schema())

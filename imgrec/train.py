@@ -33,7 +33,7 @@ from typing import Any
 
 from imgrec import checkpoint as ckpt
 from imgrec import storage
-from imgrec.config import TrainConfig, from_dict, replace, to_dict
+from imgrec.config import ConfigError, TrainConfig, from_dict, replace, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -457,11 +457,14 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
 
 
 def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[str] | None = None,
-          dataset=None, run_config_overrides: dict | None = None) -> RunResult:
+          dataset=None, run_config_overrides: dict | None = None, allow_existing: bool = False) -> RunResult:
     """Train on a Ray cluster (started locally if none is running) and return the run.
 
     One call for the common case: ``train(TrainConfig(data=DataConfig(uri=...)))``.
     ``arrays`` takes CIFAR-style in-memory ``((x_train, y_train), (x_test, y_test))``.
+    An existing run folder is an error unless ``cfg.resume`` names it (or
+    ``allow_existing``, for callers such as Tune that restart their own trials):
+    Ray Train would otherwise silently continue the old run.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -477,6 +480,9 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     if cfg.data.decode.image_size is None:  # not given: the model's own input size
         cfg = replace(cfg, **{"data.decode.image_size": tuple(spec.default_size)})
     run = run_uri(cfg)
+    if not resume_checkpoint and not allow_existing and storage.exists(storage.join(run, HISTORY_FILE)):
+        raise ConfigError(f"run {run} already exists; continue it with --resume {run}, or choose another "
+                          "--run-name")
     storage.ensure_bucket(cfg.storage) if not storage.is_s3(cfg.storage) else storage.check_bucket(cfg.storage)
     ensure_ray()
 
@@ -573,11 +579,16 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     local one with more logical CPUs than cores so Ray Data and Train never starve."""
     import ray
 
+    # Progress is shown by imgrec's own per-epoch lines; Ray Data's per-operator
+    # progress logs would drown them in a job's output.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    ray.init(num_cpus=num_cpus or max(6, (os.cpu_count() or 2) * 3), include_dashboard=False,
-             runtime_env={"env_vars": env} if env else None)
+    # Workers of a local cluster inherit this process's environment, so the AWS
+    # credential chain and AWS_ENDPOINT_URL reach them without being copied into
+    # Ray's job config (where keys would be stored and shown).
+    ray.init(num_cpus=num_cpus or max(6, (os.cpu_count() or 2) * 3), include_dashboard=False)

@@ -134,21 +134,27 @@ def search_space(cfg: SweepConfig) -> dict[str, Any]:
     return space
 
 
-def _search_alg(cfg: SweepConfig):
+def _search_alg(cfg: SweepConfig, max_concurrent: int):
+    """The search algorithm, limited to ``max_concurrent`` trials at a time
+    (Tune ignores TuneConfig.max_concurrent_trials for its own generator)."""
     method = search_method(cfg)
+    if method in ("random", "grid"):
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=cfg.seed)
+    from ray.tune.search import ConcurrencyLimiter
+
     if method == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=cfg.seed)
-    if method == "hyperopt":
+        searcher = OptunaSearch(seed=cfg.seed)
+    else:
         try:
             from ray.tune.search.hyperopt import HyperOptSearch
         except ImportError:
             raise ConfigError("search='hyperopt' needs `pip install hyperopt`; or use optuna or random") from None
-        return HyperOptSearch(random_state_seed=cfg.seed)
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=cfg.seed)
+        searcher = HyperOptSearch(random_state_seed=cfg.seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
 def _scheduler(cfg: SweepConfig):
@@ -227,8 +233,10 @@ def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | Non
     if _replay_epochs(run_uri(trial)) >= trial.epochs:
         return  # finished before the sweep driver died; nothing to retrain
     # Train V2 restores a run with the same name and storage from its latest
-    # checkpoint by itself, so a resumed trial continues where it stopped.
-    train(trial, dataset=dataset, run_config_overrides={"callbacks": [TuneReportCallback()]})
+    # checkpoint by itself, so a resumed trial continues where it stopped
+    # (allow_existing: a resumed trial's run folder already exists on purpose).
+    train(trial, dataset=dataset, run_config_overrides={"callbacks": [TuneReportCallback()]},
+          allow_existing=True)
 
 
 def _replay_epochs(run: str) -> int:
@@ -287,7 +295,6 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
 def _prepare(cfg: SweepConfig) -> SweepConfig:
     """Absolute URIs (Tune runs trials in their own working folders), a name,
     the model's input size, and on resume the sweep's own saved config."""
-    from imgrec import models
     from imgrec.train import default_run_name
 
     if cfg.resume and not cfg.name:
@@ -306,6 +313,8 @@ def _prepare(cfg: SweepConfig) -> SweepConfig:
     if base.data.uri and base.data.uri != "cifar10":
         base = replace(base, **{"data.uri": storage.normalize(base.data.uri)})
     if base.data.decode.image_size is None:  # decode once, at the size every trial trains at
+        from imgrec import models
+
         base = replace(base, **{"data.decode.image_size": tuple(models.get_spec(base.model.name).default_size)})
     cfg = replace(cfg, base=base)
     storage.atomic_write(saved, json.dumps(to_dict(cfg), indent=1))
@@ -328,10 +337,9 @@ def _tuner(cfg: SweepConfig, trainable):
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=_search_alg(cfg),
+            search_alg=_search_alg(cfg, cfg.max_concurrent or default_max_concurrent(cfg)),
             scheduler=_scheduler(cfg),
             num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent or default_max_concurrent(cfg),
             trial_name_creator=_TrialNamer(first_tag=1 if searcher else 0),
         ),
         run_config=tune.RunConfig(
@@ -430,7 +438,11 @@ def _best(rows: list[dict[str, Any]], cfg: SweepConfig, data) -> dict[str, Any] 
         "config": ref.manifest.get("train_config"),
         "test_metrics": {},
     }
-    if cfg.evaluate:
+    previous = storage.join(sweep_uri(cfg), BEST_FILE)
+    previous = json.loads(storage.read_text(previous)) if storage.exists(previous) else {}
+    if previous.get("checkpoint") == ref.uri and previous.get("test_metrics"):
+        best["test_metrics"] = previous["test_metrics"]  # a resumed sweep: evaluated already
+    elif cfg.evaluate:
         best["test_metrics"] = _evaluate_best(ref.uri, data)
     return best
 

@@ -191,16 +191,8 @@ def test_s3_killed_run_resumes_with_every_file_once(ray_cluster, model_run, imag
     df = P.read_predictions(out)
     assert sorted(df["path"]) == expected and df["path"].is_unique
 
-    # A file added to the input: only the chunks around it run again, the parts
-    # they replace are removed, and every file is still there exactly once.
-    storage.write_bytes(f"{bucket}/images/green/new.jpg", _image(COLOURS["green"], 5))
-    again = P.predict_bucket(cfg, progress=False)
-    assert again.chunks_run <= 2 and again.chunks_skipped >= again.chunks - 2
-    assert again.stale_parts_removed == again.chunks_run - (again.chunks - summary.chunks)
-    df = P.read_predictions(out)
-    assert sorted(df["path"]) == sorted([*expected, f"{bucket}/images/green/new.jpg"]) and df["path"].is_unique
     saved = json.loads(storage.read_text(f"{out}/{P.SUMMARY_FILE}"))
-    assert saved["files"] == len(df) and saved["chunks_skipped"] == again.chunks_skipped
+    assert saved["files"] == len(df) and saved["chunks_skipped"] == 1 and saved["errors"] == len(BAD)
 
 
 def test_cli_predict_from_a_csv_manifest(ray_cluster, model_run, image_tree, tmp_path):
@@ -247,12 +239,34 @@ def test_chunks_are_deterministic_bounded_and_local_to_changes():
     assert 1 <= len(new) <= 3  # only the chunk(s) around the inserted file change
 
 
-def test_txt_manifest_rows_skip_blanks_and_comments(tmp_path):
+def test_changed_listing_removes_stale_parts_and_keeps_the_rest(tmp_path):
+    keys = [f"c/{i:04d}.jpg" for i in range(400)]
+    before = [c.name for c in P._cut_chunks(iter(_entries(keys)), 20)]
+    out = tmp_path / "out"
+    (out / P.PREDICTIONS_DIR).mkdir(parents=True)
+    for name in before:
+        (out / P.PREDICTIONS_DIR / name).write_bytes(b"a finished part")
+    job = {"input": "s3://b", "checkpoint": "s3://b/ck", "model_sha256": "h", "top_k": 5,
+           "files_per_output": 20, "all_files": False}
+    (out / P.JOB_FILE).write_text(json.dumps(job))
+    plan = P._Plan.write(str(tmp_path / "plan.jsonl"),
+                         P._cut_chunks(iter(_entries([*keys[:200], "c/0199a.jpg", *keys[200:]])), 20))
+    done, stale = P._prepare_output(str(out), job, plan, resume=True)
+    assert done == set(before) & set(plan.names) and 1 <= stale <= 2
+    assert 1 <= len(plan.names) - len(done) <= 3  # only the chunks around the new file run again
+    assert set(os.listdir(out / P.PREDICTIONS_DIR)) == done  # no part left to duplicate rows
+
+
+def test_txt_manifest_rows_local_and_s3(tmp_path, bucket):
+    text = "# my images\na/1.jpg\n\ns3://b/k/2.png\r\n/abs/3.jpg\n"
     manifest = tmp_path / "list.txt"
-    manifest.write_text("# my images\na/1.jpg\n\ns3://b/k/2.png\r\n/abs/3.jpg\n")
-    assert [p for p, _ in P._manifest_rows(str(manifest))] == ["a/1.jpg", "s3://b/k/2.png", "/abs/3.jpg"]
+    manifest.write_text(text)
+    storage.write_bytes(f"{bucket}/lists/list.txt", text.encode())
+    expected = ["a/1.jpg", "s3://b/k/2.png", "/abs/3.jpg"]
+    assert [p for p, _ in P._manifest_rows(str(manifest))] == expected
+    assert [p for p, _ in P._manifest_rows(f"{bucket}/lists/list.txt")] == expected
     assert P._absolute("a/1.jpg", str(tmp_path)) == str(tmp_path / "a/1.jpg")
-    assert P._absolute("k/2.png", "s3://b/lists") == "s3://b/lists/k/2.png"
+    assert P._absolute("k/2.png", f"{bucket}/lists") == f"{bucket}/lists/k/2.png"
 
 
 def test_resume_refuses_an_output_from_another_setup(model_run, image_tree, tmp_path):

@@ -147,3 +147,77 @@ def test_resume_continues_epochs_and_optimizer_state(trained_run):
     assert latest.manifest["optimizer_iterations"] == before.manifest["optimizer_iterations"] + steps_per_epoch
     model = ckpt.load_model(latest.uri)
     assert int(model.optimizer.iterations.numpy()) == latest.manifest["optimizer_iterations"]
+
+
+def test_course_cifar_path_on_in_memory_arrays(ray_cluster, bucket):
+    """The course's CIFAR-10 code path on small in-memory arrays shaped like
+    ``keras.datasets.cifar10.load_data()``: seed_cifar, 0-1 pixels inside the
+    model, a 30 % validation split, curves, and predict-one with 10 class names."""
+    from typer.testing import CliRunner
+
+    from imgrec.cli import app
+    from imgrec.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig
+    from imgrec.data import CIFAR10_CLASSES
+    from imgrec.train import train
+
+    rng = np.random.default_rng(0)
+    y_train = rng.integers(0, 10, size=(300, 1))  # CIFAR's (N, 1) label shape
+    y_test = rng.integers(0, 10, size=(50, 1))
+    # Class k is an image of mean brightness ~25k: learnable, and cheap to make.
+    x_train = np.clip(rng.normal(25 * y_train[:, :, None, None] + 10, 8, (300, 32, 32, 3)), 0, 255).astype(np.uint8)
+    x_test = np.clip(rng.normal(25 * y_test[:, :, None, None] + 10, 8, (50, 32, 32, 3)), 0, 255).astype(np.uint8)
+    cfg = TrainConfig(
+        data=DataConfig(uri="", validation_split=0.3, decode=DecodeConfig(image_size=(32, 32))),
+        model=ModelConfig(name="seed_cifar"), storage=f"{bucket}/runs", run_name="cifar", workers=2,
+        batch_size=32, epochs=2,
+    )
+    result = train(cfg, arrays=((x_train, y_train), (x_test, y_test)), class_names=CIFAR10_CLASSES)
+    manifest = ckpt.read_manifest(result.best_checkpoint)
+    assert manifest["class_names"] == CIFAR10_CLASSES
+    counts = manifest["data"]["counts"]
+    assert counts["train"] + counts["val"] == 300 and abs(counts["val"] / 300 - 0.3) < 0.06
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(result.history[-1])
+    assert storage.exists(f"{result.run_uri}/history.png")
+    model = ckpt.load_model(result.run_uri)
+    assert [type(layer).__name__ for layer in model.layers if type(layer).__name__ in ("Conv2D", "Dense")] == [
+        "Conv2D", "Conv2D", "Dense", "Dense"]
+
+    # predict-one: the course's "answer / prediction" with class names.
+    from PIL import Image
+
+    image_uri = f"{bucket}/one.png"
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(x_test[0]).save(buf, format="PNG")
+    storage.atomic_write(image_uri, buf.getvalue())
+    out = CliRunner().invoke(app, ["predict-one", image_uri, "--model", result.run_uri])
+    assert out.exit_code == 0, out.output
+    named = [name for name in CIFAR10_CLASSES if name in out.output]
+    assert len(named) >= 5, out.output
+
+
+def test_course_cats_vs_dogs_on_a_two_class_tree(ray_cluster, bucket):
+    """seed_catsdogs: a class-per-folder tree with two classes, one sigmoid unit,
+    binary cross-entropy; predictions come back as two class probabilities."""
+    from imgrec import synth
+    from imgrec.config import DataConfig, DecodeConfig, ModelConfig, TrainConfig
+    from imgrec.predict import predict_one
+    from imgrec.train import train
+
+    data = f"{bucket}/catsdogs"
+    synth.make_dataset(data, task="brightness", classes=2, per_class=40, test_per_class=10, image_size=(48, 48))
+    cfg = TrainConfig(
+        data=DataConfig(uri=data, decode=DecodeConfig(image_size=(48, 48))),
+        model=ModelConfig(name="seed_catsdogs"), storage=f"{bucket}/runs", run_name="catsdogs", workers=2,
+        batch_size=16, epochs=2, report=False,
+    )
+    result = train(cfg)
+    assert result.class_names == ["cat", "dog"]
+    model = ckpt.load_model(result.run_uri)
+    assert model.output_shape == (None, 1) and model.layers[-1].activation.__name__ == "sigmoid"
+    assert result.test_metrics["count"] == 20
+    ranked = predict_one(f"{data}/test/dog/00000.jpg", result.run_uri)
+    assert {name for name, _ in ranked} == {"cat", "dog"}
+    assert abs(sum(p for _, p in ranked) - 1.0) < 1e-5

@@ -53,8 +53,14 @@ def _make_data(uri: str) -> str:
     return uri
 
 
-def _trial_objects(sweep_uri: str, trial: str) -> dict[str, int]:
-    return {o.uri: o.size for o in storage.list_objects(storage.join(sweep_uri, "trials", trial))}
+def _trial_objects(sweep_uri: str, trial: str) -> dict[str, tuple]:
+    """Every object of a trial's Train run with its size, ETag and modification
+    time: any retraining (new checkpoints, rewritten history) changes this."""
+    bucket, _, prefix = sweep_uri[len("s3://"):].partition("/")
+    pages = storage.boto3_client().get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/trials/{trial}/")
+    return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")}  # pyarrow's empty folder markers are re-created freely
 
 
 # --------------------------------------------------------------------------- config and helpers (no Ray Train)
@@ -103,6 +109,27 @@ def test_search_space_and_trial_config():
     assert tune.freeze_depth_choices(SweepConfig(base=TrainConfig(model=ModelConfig(name="small_cnn")))) == [0]
 
 
+def test_prepare_saves_the_config_and_resume_reuses_it(tmp_path, monkeypatch):
+    from imgrec import tune
+
+    monkeypatch.chdir(tmp_path)
+    base = TrainConfig(data=DataConfig(uri="data"), model=ModelConfig(name="mobilenet"), workers=1)
+    cfg = tune._prepare(SweepConfig(base=base, storage="sweeps", name="a", num_samples=3))
+    # absolute URIs (Tune runs trials in their own folders) and the model's input size
+    assert cfg.storage == str(tmp_path / "sweeps") and cfg.base.data.uri == str(tmp_path / "data")
+    assert cfg.base.data.decode.image_size == (224, 224)
+    assert json.loads((tmp_path / "sweeps/a/sweep.json").read_text())["num_samples"] == 3
+
+    with pytest.raises(ConfigError, match="already holds a sweep"):
+        tune._prepare(SweepConfig(base=base, storage="sweeps", name="a"))
+    resumed = tune._prepare(SweepConfig(storage="sweeps", name="a", resume=True))  # the saved config wins
+    assert resumed == replace(cfg, resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        tune._prepare(SweepConfig(storage="sweeps", name="b", resume=True))
+    with pytest.raises(ConfigError, match="name"):
+        tune._prepare(SweepConfig(storage="sweeps", resume=True))
+
+
 def test_results_files_from_rows():
     import pyarrow.parquet as pq
 
@@ -122,6 +149,36 @@ def test_results_files_from_rows():
     assert tune.sweep_png(rows).startswith(b"\x89PNG")
     text = tune.format_table(rows)
     assert "trial_001" in text and "NonFiniteLossError" in text
+
+
+def test_cli_parses_into_a_sweep_config(monkeypatch):
+    from typer.testing import CliRunner
+
+    from imgrec import tune
+    from imgrec.cli import app
+
+    seen = {}
+
+    def fake_sweep(cfg, **_):
+        seen["cfg"] = cfg
+        return tune.SweepResult("s3://b/sweeps/x", [], {"checkpoint": "s3://b/sweeps/x/trials/trial_000/c"})
+
+    monkeypatch.setattr(tune, "sweep", fake_sweep)
+    out = CliRunner().invoke(app, [
+        "tune", "--data", "s3://b/pets", "--model", "mobilenet", "--weights", "s3://b/w.h5", "--storage",
+        "s3://b/sweeps", "--samples", "4", "--epochs", "2", "--freeze-depths", "0,20,all", "--lr-min", "1e-4",
+        "--lr-max", "1e-2", "--batch-sizes", "16,32", "--augment-presets", "none,light", "--max-concurrent", "2",
+    ])
+    assert out.exit_code == 0, out.output
+    assert "best checkpoint: s3://b/sweeps/x/trials/trial_000/c" in out.output
+    cfg = seen["cfg"]
+    assert (cfg.num_samples, cfg.base.epochs, cfg.base.model.weights) == (4, 2, "s3://b/w.h5")
+    assert cfg.freeze_depths == [0, 20, "all"] and cfg.batch_sizes == [16, 32]
+    assert cfg.augment_presets == ["none", "light"] and (cfg.lr_min, cfg.lr_max) == (1e-4, 1e-2)
+    assert cfg.max_concurrent == 2 and cfg.resume is False
+
+    bad = CliRunner().invoke(app, ["tune", "--data", "/d", "--lr-min", "1", "--lr-max", "0.1"])
+    assert bad.exit_code == 2 and "lr_min" in bad.output
 
 
 # --------------------------------------------------------------------------- one real sweep
@@ -203,48 +260,49 @@ sweep(from_dict(SweepConfig, json.loads(sys.argv[1])))
 """
 
 
-def _trial_status(sweep_uri: str) -> dict[str, str]:
-    """Trial name -> status, from Tune's persisted experiment state."""
-    status = {}
-    for obj in storage.list_objects(sweep_uri):
-        if "/" in obj.path or not obj.path.startswith("experiment_state"):
-            continue
-        for trial_json, _ in json.loads(storage.read_text(obj.uri))["trial_data"]:
-            trial = json.loads(trial_json)
-            status[trial.get("custom_trial_name")] = trial["status"]
-    return status
-
-
 @pytest.mark.slow
 def test_sweep_resumes_after_its_driver_dies(ray_cluster, bucket, tmp_path):
     """A 2-trial sweep (one at a time) whose driver process is killed once the first
-    trial finished: resuming keeps that trial as it is and runs only the second."""
+    trial finished and the second has a checkpoint: resuming keeps the first as it
+    is and continues the second from its checkpoint."""
     from imgrec import tune
+    from imgrec.train import read_history
 
     base = _base(_make_data(f"{bucket}/shapes"))
     cfg = SweepConfig(base=base, num_samples=2, freeze_depths=[16], lr_min=1e-3, lr_max=1e-2, max_concurrent=1,
                       scheduler="fifo", search="random", storage=f"{bucket}/sweeps", name="killed")
     uri = f"{bucket}/sweeps/killed"
+    first, second = f"{uri}/trials/trial_000", f"{uri}/trials/trial_001"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     log = open(tmp_path / "driver.log", "wb")
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(to_dict(cfg))], env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
+        # Kill whether or not Tune has persisted trial 0's end yet (it saves its
+        # experiment state every ~10 s): either way it must not be trained again.
         deadline = time.time() + 600
-        while _trial_status(uri).get("trial_000") != "TERMINATED":
+        while read_history(first)["status"] != "finished" or not ckpt.list_checkpoints(second):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "trial_000 did not finish in 10 minutes"
-            time.sleep(2)
+            assert time.time() < deadline, "trial_001 did not reach a checkpoint in 10 minutes"
+            time.sleep(0.5)
     finally:
         driver.send_signal(signal.SIGKILL)  # the driver dies: no cleanup, no final results
         driver.wait(30)
         log.close()
     assert not storage.exists(f"{uri}/results.csv")
     finished = _trial_objects(uri, "trial_000")
+    partial = {k: v for k, v in _trial_objects(uri, "trial_001").items() if "/checkpoint_" in k}
 
     result = tune.sweep(replace(cfg, resume=True))
     assert _trial_objects(uri, "trial_000") == finished  # not retrained: no new checkpoint, same history
+    after = _trial_objects(uri, "trial_001")
+    changed = sorted(k for k, v in partial.items() if after.get(k) != v)
+    assert partial and not changed, changed  # its epoch-1 checkpoint was kept and continued, not redone
     rows = {r["trial"]: r for r in result.rows}
     assert sorted(rows) == ["trial_000", "trial_001"]
     assert rows["trial_001"]["status"] == "finished" and rows["trial_001"]["epochs"] == 2
+    history = ckpt.resolve(second, "latest").manifest["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    # continued, not restarted: the optimizer's step count carried over from epoch 1
+    assert history[1]["optimizer_iterations"] == 2 * history[0]["optimizer_iterations"]
     assert storage.exists(f"{uri}/best.json")

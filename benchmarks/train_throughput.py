@@ -1,0 +1,598 @@
+"""Training throughput: imgrec (Ray Train + MultiWorkerMirroredStrategy loop) on 1 and
+2 workers against plain single-process Keras ``model.fit`` on the same images in memory.
+
+    .venv/bin/python benchmarks/train_throughput.py                 # the standard table
+    .venv/bin/python benchmarks/train_throughput.py --variants all  # + loop experiments
+
+Same 128x128 synthetic JPEGs (``synth.make_dataset``), same model (``--model``,
+default small_cnn), same global batch (32), augmentation none, same epochs (3).
+The imgrec runs read the images with the data plane (``load_dataset``, decoded once
+and shared by every run); the plain run takes the same decoded pixels as numpy
+arrays (``take_arrays``). Per run it reports:
+
+* startup: ``train()`` call (plain: model build) to the end of epoch 1, and the part
+  of it before the first step (startup - epoch-1 train time);
+* epoch-1 images/s (tf.function tracing included) and steady images/s (mean of
+  epochs >= 2, from the loop's own ``train_time_s``);
+* CPU ms per image in the steady epochs (this process and all its descendants: a
+  figure that shifts less than wall time when the machine is shared);
+* peak RSS: sum over this process and every process it started (the Ray cluster
+  included; shared object-store pages are counted once per mapping process),
+  sampled every 0.2 s; for the plain run, this process alone.
+
+``--variants`` runs copies of imgrec's worker loop with one change each (TF thread
+pools, per-step host syncs, prefetch depth, a data-wait/compute timer), built by
+patching the source of ``imgrec.train._train_loop_per_worker`` at run time; imgrec
+itself is not modified. The machine's load average is printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import inspect
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+try:
+    import psutil
+except ImportError:  # not installed on its own: Ray ships it (ray/thirdparty_files), on the path after `import ray`
+    import ray  # noqa: F401, I001  (first: it puts its copy of psutil on the path)
+    import psutil
+
+# --------------------------------------------------------------------------- sampling
+
+
+class Sampler(threading.Thread):
+    """Peak RSS and CPU time of this process (+ descendants), and when each epoch of an
+    imgrec run ended (the time its ``history.json`` first lists that epoch)."""
+
+    def __init__(self, tree: bool, history_path: str | None = None, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.tree, self.history_path, self.interval = tree, history_path, interval
+        self.peak_rss = 0
+        self.peak_procs = 0
+        self.peak_by_process: list[tuple[str, int, int]] = []
+        self.own_cpu = 0.0
+        self.epoch_end: dict[int, tuple[float, float]] = {}  # epoch -> (time, tree cpu s)
+        self.epoch_procs: dict[int, dict[int, tuple[str, float]]] = {}  # epoch -> {pid: (label, cpu s)}
+        self._halt = threading.Event()
+        self._me = psutil.Process()
+        self._mtime = None
+
+    def procs(self) -> list[psutil.Process]:
+        return [self._me] + (self._me.children(recursive=True) if self.tree else [])
+
+    def sample(self, per_process: dict | None = None) -> tuple[int, float, int]:
+        rss = cpu = 0.0
+        procs = self.procs()
+        for p in procs:
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+                if per_process is not None:
+                    per_process[p.pid] = (_proc_label(p), t.user + t.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return int(rss), cpu, len(procs)
+
+    def cpu_now(self) -> float:
+        return self.sample()[1]
+
+    def _check_history(self, now: float, cpu: float) -> None:
+        try:
+            mtime = os.stat(self.history_path).st_mtime
+        except OSError:
+            return
+        if mtime == self._mtime:
+            return
+        try:
+            epochs = json.load(open(self.history_path))["epochs"]
+        except (OSError, ValueError, KeyError):
+            return  # caught mid-write (atomic writes make this rare): next sample
+        self._mtime = mtime
+        new = [int(h["epoch"]) for h in epochs if int(h["epoch"]) not in self.epoch_end]
+        if new:
+            per_process: dict[int, tuple[str, float]] = {}
+            self.sample(per_process)
+            for e in new:
+                self.epoch_end[e] = (now, cpu)
+                self.epoch_procs[e] = per_process
+
+    def steady_breakdown(self) -> list[tuple[str, float]]:
+        """CPU seconds per process kind between the end of epoch 1 and of the last epoch."""
+        if 1 not in self.epoch_procs or max(self.epoch_procs) < 2:
+            return []
+        a, b = self.epoch_procs[1], self.epoch_procs[max(self.epoch_procs)]
+        out: dict[str, float] = {}
+        for pid, (label, cpu) in b.items():
+            out[label] = out.get(label, 0.0) + cpu - (a[pid][1] if pid in a else 0.0)
+        return sorted(out.items(), key=lambda kv: -kv[1])
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            rss, cpu, n = self.sample()
+            now = time.time()
+            if rss > self.peak_rss:
+                self.peak_rss, self.peak_procs = rss, n
+                if self.tree:
+                    self.peak_by_process = self._rss_by_label()
+            if self.history_path:
+                self._check_history(now, cpu)
+            self.own_cpu = time.thread_time()  # the sampler's own cost, counted in the tree's CPU
+            self._halt.wait(self.interval)
+
+    def _rss_by_label(self) -> list[tuple[str, int, int]]:
+        out: dict[str, list[int]] = {}
+        for p in self.procs():
+            try:
+                rss = p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            entry = out.setdefault(_proc_label(p), [0, 0])
+            entry[0] += rss
+            entry[1] += 1
+        return sorted(((k, v[0], v[1]) for k, v in out.items()), key=lambda t: -t[1])
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _proc_label(p: psutil.Process) -> str:
+    """"ray::SplitCoordinator", "raylet", "this process", ... (Ray sets its workers' titles)."""
+    if p.pid == os.getpid():
+        return "driver (this process)"
+    try:
+        cmd = p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        cmd = []
+    first = (cmd[0] if cmd else p.name()).split()[0] if (cmd or p.name()) else "?"
+    if first.startswith("ray::"):
+        return first.split(".")[0]
+    return os.path.basename(first) if not first.endswith("python") else " ".join(
+        os.path.basename(c) for c in cmd[1:3])
+
+
+def loadavg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def ray_processes_outside_tree() -> int:
+    """Ray processes on the machine that are not ours (other engineers' clusters)."""
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    n = 0
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            name = p.info["name"] or ""
+            if p.pid not in mine and (name.startswith("ray::") or name in ("raylet", "gcs_server")):
+                n += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return n
+
+
+# --------------------------------------------------------------------------- plain Keras
+
+
+def run_plain(x, y, num_classes: int, args) -> dict:
+    import keras
+
+    from imgrec import models
+    from imgrec.config import ModelConfig
+
+    times: list[float] = []
+    cpus: list[float] = []
+    sampler = Sampler(tree=False)
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.time() - self.t0)
+            cpus.append(sampler.cpu_now())
+
+    load0 = loadavg()
+    sampler.start()
+    t_call = time.time()
+    cpu0 = sampler.cpu_now()
+    keras.utils.set_random_seed(0)
+    model = models.build_model(ModelConfig(name=args.model), num_classes, (args.image_size, args.image_size))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=models.loss_name(num_classes), metrics=["accuracy"])
+    t_fit = time.time()
+    hist = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0,
+                     callbacks=[EpochClock()])
+    sampler.stop()
+    n = len(x)
+    ips = [n / t for t in times]
+    steady_cpu = (cpus[-1] - cpus[0]) / (n * (len(times) - 1)) if len(times) > 1 else None
+    return {
+        "config": "plain keras fit", "workers": 1,
+        "startup_s": (t_fit - t_call) + times[0], "before_first_step_s": t_fit - t_call,
+        "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
+        "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
+        "cpu_s_total": cpus[-1] - cpu0,
+        "peak_rss_mb": sampler.peak_rss / 2**20, "procs": 1, "load": f"{load0} -> {loadavg()}",
+        "final_accuracy": float(hist.history["accuracy"][-1]),
+    }
+
+
+# --------------------------------------------------------------------------- imgrec runs
+
+
+def _mean(v):
+    return sum(v) / len(v)
+
+
+def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, loop_env=None) -> dict:
+    import imgrec.train as T
+    from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+
+    cfg = TrainConfig(
+        data=DataConfig(uri=data.source, validation_split=0.0,
+                        decode=DecodeConfig(image_size=(args.image_size, args.image_size))),
+        model=ModelConfig(name=args.model), augment=AugmentConfig(), storage=runs_dir,
+        run_name=f"{label.replace(' ', '_')}-w{workers}-{os.urandom(2).hex()}",
+        workers=workers, cpus_per_worker=1.0, batch_size=args.batch_size, epochs=args.epochs,
+        keep_checkpoints=1, max_failures=0, evaluate=False, report=False,
+    )
+    history_path = os.path.join(runs_dir, cfg.run_name, T.HISTORY_FILE)
+    original = T._train_loop_per_worker
+    if loop is not None:
+        T._train_loop_per_worker = loop
+    sampler = Sampler(tree=True, history_path=history_path)
+    load0 = loadavg()
+    sampler.start()
+    cpu0 = sampler.cpu_now()
+    t_call = time.time()
+    try:
+        result = T.train(cfg, dataset=data)
+    finally:
+        T._train_loop_per_worker = original
+        sampler.stop()
+    hist = result.history
+    ips = [h["images_per_s"] for h in hist]
+    seen = [h["images_per_s"] * h["train_time_s"] for h in hist]
+    ends = sampler.epoch_end
+    startup = ends[1][0] - t_call if 1 in ends else None
+    last = max(ends) if ends else None
+    steady_cpu = None
+    if last and last > 1:
+        steady_cpu = (ends[last][1] - ends[1][1]) / sum(seen[1:last])
+    return {
+        "config": label, "workers": workers,
+        "startup_s": startup,
+        "before_first_step_s": startup - hist[0]["train_time_s"] if startup else None,
+        "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
+        "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
+        "cpu_s_total": sampler.cpu_now() - cpu0,
+        "peak_rss_mb": sampler.peak_rss / 2**20, "procs": sampler.peak_procs,
+        "load": f"{load0} -> {loadavg()}", "elapsed_s": result.elapsed_s,
+        "final_accuracy": hist[-1]["accuracy"],
+        "steady_wall_s": ends[last][0] - ends[1][0] if last and last > 1 else None,
+        "steady_cpu_by_process": sampler.steady_breakdown(),
+        "peak_rss_by_process": sampler.peak_by_process,
+        "sampler_cpu_s": sampler.own_cpu,
+    }
+
+
+# --------------------------------------------------------------------------- loop variants
+#
+# Each variant is the source of imgrec.train._train_loop_per_worker with exact text
+# replacements (a replacement that no longer matches fails loudly), compiled in a
+# copy of imgrec.train's namespace and shipped to the workers by value.
+
+_STEP_LOOP = """\
+        for i, batch in enumerate(train_data):
+            ls, c, n = train_step(batch)
+            loss_sum, correct, seen = loss_sum + float(ls), correct + float(c), seen + float(n)
+            if rank == 0 and (i + 1) % max(1, steps_per_epoch // 4) == 0:
+                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {loss_sum / max(seen, 1):.4f}")
+"""
+_IMPORT_TF = "    import tensorflow as tf\n"
+
+
+def _threads(intra: str, inter: str) -> tuple[str, str]:
+    return (_IMPORT_TF, _IMPORT_TF + (
+        f"    tf.config.threading.set_intra_op_parallelism_threads({intra})\n"
+        f"    tf.config.threading.set_inter_op_parallelism_threads({inter})\n"))
+
+
+# Per-step host syncs: accumulate on the device, read the sums once per epoch.
+_NO_SYNC = (_STEP_LOOP, """\
+        sums = None
+        for i, batch in enumerate(train_data):
+            out = train_step(batch)
+            sums = out if sums is None else [a + b for a, b in zip(sums, out, strict=True)]
+            if rank == 0 and (i + 1) % max(1, steps_per_epoch // 4) == 0:
+                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch}")
+        loss_sum, correct, seen = (float(v) for v in sums)
+""")
+
+# Time per step split into waiting for the next batch (tf.data iterator) and the step
+# itself (dispatch + compute + the float() syncs), printed by rank 0 every epoch.
+_TIMED = (_STEP_LOOP, """\
+        def _thread_cpu():  # CPU seconds per thread name (digits stripped) of this worker process
+            out = {}
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    st = open(f"/proc/self/task/{tid}/stat").read()
+                except OSError:
+                    continue
+                name = st[st.index("(") + 1:st.rindex(")")].rstrip("0123456789_-/ ") or "?"
+                f = st[st.rindex(")") + 2:].split()
+                out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            return out
+
+        cpu_a, wall_a = _thread_cpu(), time.perf_counter()
+        it = iter(train_data)
+        t_wait = t_step = 0.0
+        i = -1
+        while True:
+            t_a = time.perf_counter()
+            try:
+                batch = next(it)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                break
+            t_b = time.perf_counter()
+            i += 1
+            ls, c, n = train_step(batch)
+            loss_sum, correct, seen = loss_sum + float(ls), correct + float(c), seen + float(n)
+            t_wait, t_step = t_wait + (t_b - t_a), t_step + (time.perf_counter() - t_b)
+        print(f"[bench] rank {rank} epoch {epoch + 1}: {i + 1} steps, data wait {1e3 * t_wait / max(i + 1, 1):.1f} "
+              f"ms/step, step {1e3 * t_step / max(i + 1, 1):.1f} ms/step; OMP_NUM_THREADS="
+              f"{os.environ.get('OMP_NUM_THREADS')}, intra/inter-op setting "
+              f"{tf.config.threading.get_intra_op_parallelism_threads()}/"
+              f"{tf.config.threading.get_inter_op_parallelism_threads()}, threads in process "
+              f"{len(os.listdir('/proc/self/task'))}", flush=True)
+        cpu_b, wall_ab = _thread_cpu(), time.perf_counter() - wall_a
+        by_thread = sorted(((k, v - cpu_a.get(k, 0.0)) for k, v in cpu_b.items()), key=lambda kv: -kv[1])
+        print(f"[bench] rank {rank} epoch {epoch + 1}: worker CPU by thread, cores busy over {wall_ab:.0f}s: "
+              + ", ".join(f"{k} {v / wall_ab:.2f}" for k, v in by_thread if v / wall_ab >= 0.005), flush=True)
+""")
+
+VARIANTS = {
+    # name: (description, replacements, workers it is run with)
+    "timed": ("imgrec loop + data-wait/step timer", [_TIMED]),
+    "threads=cpus": ("intra-op = 2 // workers, inter-op = 1", "threads"),
+    "nosync": ("no per-step float() syncs", [_NO_SYNC]),
+    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2",
+                          [("return ds.with_options(options).prefetch(2)",
+                            "return ds.with_options(options).prefetch(tf.data.AUTOTUNE)")]),
+}
+
+
+def build_loop(name: str, replacements: list[tuple[str, str]]):
+    import imgrec.train as T
+
+    src = textwrap.dedent(inspect.getsource(T._train_loop_per_worker))
+    for old, new in replacements:
+        if src.count(old) != 1:
+            raise RuntimeError(f"variant {name!r}: imgrec.train._train_loop_per_worker changed; "
+                               f"{old.strip()[:60]!r} found {src.count(old)} times")
+        src = src.replace(old, new)
+    ns = dict(vars(T))
+    ns["__name__"] = "__main__"
+    import __future__
+
+    code = compile(src, f"<train_throughput variant {name}>", "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    exec(code, ns)
+    fn = ns["_train_loop_per_worker"]
+    fn.__module__ = "__main__"
+    fn.__qualname__ = fn.__name__ = f"_bench_loop_{len(name)}_{abs(hash(name)) % 10**6}"
+    return fn
+
+
+def variant_loop(name: str, workers: int):
+    desc, spec = VARIANTS[name]
+    if spec == "threads":
+        spec = [_threads(str(max(1, 2 // workers)), "1")]
+    return desc, build_loop(name, spec)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _median(v):
+    v = sorted(x for x in v if x is not None)
+    if not v:
+        return None
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["config"], r["workers"]), []).append(r)
+    out = []
+    for (config, workers), rs in groups.items():
+        m = {"config": f"{config} (n={len(rs)})", "workers": workers, "procs": max(r["procs"] for r in rs),
+             "load": ", ".join(r["load"].split(" -> ")[0].split("/")[0] for r in rs) + " (1-min at start)"}
+        for k in ("startup_s", "before_first_step_s", "epoch1_ips", "steady_ips", "cpu_ms_per_img", "peak_rss_mb"):
+            m[k] = _median([r[k] for r in rs])
+        out.append(m)
+    return out
+
+
+def print_breakdown(r: dict) -> None:
+    """Where the CPU went in the steady epochs (end of epoch 1 to end of the last one,
+    checkpoint saves included), per process kind, in cores busy on average."""
+    if not r.get("steady_cpu_by_process") or not r.get("steady_wall_s"):
+        return
+    wall = r["steady_wall_s"]
+    parts = [f"{label} {cpu / wall:.2f}" for label, cpu in r["steady_cpu_by_process"] if cpu / wall >= 0.005]
+    total = sum(cpu for _, cpu in r["steady_cpu_by_process"]) / wall
+    print(f"#   steady-state CPU, cores busy ({wall:.0f}s wall; total {total:.2f}; the benchmark's sampler "
+          f"{r['sampler_cpu_s']:.1f} CPU s over the whole run): " + ", ".join(parts), flush=True)
+    if r.get("peak_rss_by_process"):
+        print("#   RSS at peak, MB (processes): " + ", ".join(
+            f"{label} {rss / 2**20:.0f} ({n})" for label, rss, n in r["peak_rss_by_process"]), flush=True)
+
+
+def table(rows: list[dict], plain_ips: float | None) -> str:
+    head = ("config", "workers", "startup s", "(pre-step s)", "epoch-1 img/s", "steady img/s", "vs plain",
+            "CPU ms/img", "peak RSS MB", "procs", "load avg (start -> end)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        ratio = f"{r['steady_ips'] / plain_ips:.2f}x" if plain_ips else "-"
+
+        def f(v, p=1):
+            return "-" if v is None else f"{v:.{p}f}"
+
+        lines.append("| " + " | ".join([
+            r["config"], str(r["workers"]), f(r["startup_s"]), f(r["before_first_step_s"]), f(r["epoch1_ips"]),
+            f(r["steady_ips"]), ratio, f(r["cpu_ms_per_img"]), f(r["peak_rss_mb"], 0), str(r["procs"]), r["load"],
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def wait_for_load(limit: float | None, max_wait: float) -> None:
+    """Wait (up to ``max_wait`` s) until the 1-minute load average is below ``limit``."""
+    if limit is None:
+        return
+    t0 = time.time()
+    while os.getloadavg()[0] >= limit and time.time() - t0 < max_wait:
+        time.sleep(10)
+    print(f"# load {loadavg()} after waiting {time.time() - t0:.0f}s for < {limit}", flush=True)
+
+
+def idle_cluster(seconds: float) -> str:
+    """CPU and RSS of the started Ray cluster while nothing runs on it (this process sleeps)."""
+    s = Sampler(tree=True)
+    rss, c0, n = s.sample()
+    time.sleep(seconds)
+    c1 = s.cpu_now()
+    return f"{n} processes, {rss / 2**20:.0f} MB RSS, {(c1 - c0) / seconds:.3f} cores busy (over {seconds:.0f}s)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1500, help="training images in total (split over --classes)")
+    p.add_argument("--classes", type=int, default=3)
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--workers", default="1,2", help="imgrec worker counts, comma-separated")
+    p.add_argument("--variants", default="",
+                   help=f"comma-separated of {sorted(VARIANTS)} (name@W: with W workers only), or 'all'")
+    p.add_argument("--variant-workers", default="1", help="worker counts the variants run with")
+    p.add_argument("--no-plain", action="store_true")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the sequence (plain, imgrec runs, variants); a last plain run closes it")
+    p.add_argument("--wait-load", type=float, help="before each run wait until the 1-min load average is below this")
+    p.add_argument("--wait-max", type=float, default=600, help="longest wait for --wait-load, seconds")
+    p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (data, runs)")
+    args = p.parse_args()
+    default_workers = [int(v) for v in args.variant_workers.split(",") if v]
+    variants: list[tuple[str, int]] = []  # (name, workers); "name@2" picks the worker count
+    for item in (sorted(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]):
+        name, _, w = item.partition("@")
+        if name not in VARIANTS:
+            p.error(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+        variants += [(name, int(w))] if w else [(name, d) for d in default_workers]
+
+    import ray
+
+    from imgrec import synth
+    from imgrec.config import DataConfig, DecodeConfig
+    from imgrec.data import load_dataset, take_arrays
+
+    t = time.time()
+    import keras  # noqa: F401  (timed here: each Ray worker pays this inside its startup, plain fit does not)
+
+    import_s = time.time() - t
+    print(f"# train_throughput {dt.datetime.now():%Y-%m-%d %H:%M} on {platform.node()}: "
+          f"{psutil.cpu_count(logical=False)} cores / {psutil.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GB; load {loadavg()}", flush=True)
+    tmp = tempfile.mkdtemp(prefix="imgrec-bench-")
+    rows: list[dict] = []
+    try:
+        t = time.time()
+        size = (args.image_size, args.image_size)
+        per_class = args.n // args.classes
+        synth.make_dataset(os.path.join(tmp, "data"), classes=args.classes, per_class=per_class,
+                           test_per_class=0, image_size=size)
+        print(f"# synth: {per_class * args.classes} JPEGs {size} in {time.time() - t:.1f}s", flush=True)
+
+        ray.init(num_cpus=6, include_dashboard=False)
+        t = time.time()
+        data = load_dataset(DataConfig(uri=os.path.join(tmp, "data"), validation_split=0.0,
+                                       decode=DecodeConfig(image_size=size)))
+        x, y, _ = take_arrays(data.train)
+        print(f"# data plane: {data.summary()} decoded + materialized in {time.time() - t:.1f}s; "
+              f"arrays {x.shape} {x.nbytes / 2**20:.0f} MB; other ray processes on the machine: "
+              f"{ray_processes_outside_tree()}", flush=True)
+        print(f"# importing keras/TF took {import_s:.1f}s here; idle Ray cluster: {idle_cluster(20)}", flush=True)
+
+        def plain():
+            if args.no_plain:
+                return
+            wait_for_load(args.wait_load, args.wait_max)
+            r = run_plain(x, y, len(data.class_names), args)
+            rows.append(r)
+            print(f"# {r['config']}: {r['steady_ips']:.1f} img/s steady, epochs {[round(v) for v in r['epoch_ips']]}, "
+                  f"load {r['load']}", flush=True)
+
+        runs_dir = os.path.join(tmp, "runs")
+        for round_ in range(args.rounds):
+            if args.rounds > 1:
+                print(f"# round {round_ + 1}/{args.rounds}", flush=True)
+            plain()
+            for w in [int(v) for v in args.workers.split(",") if v]:
+                wait_for_load(args.wait_load, args.wait_max)
+                r = run_imgrec(data, args, w, "imgrec", runs_dir)
+                rows.append(r)
+                print(f"# imgrec w={w}: {r['steady_ips']:.1f} img/s steady, epochs "
+                      f"{[round(v) for v in r['epoch_ips']]}, load {r['load']}", flush=True)
+                print_breakdown(r)
+            for name, w in variants:
+                desc, loop = variant_loop(name, w)
+                wait_for_load(args.wait_load, args.wait_max)
+                r = run_imgrec(data, args, w, f"variant {name}", runs_dir, loop=loop)
+                r["description"] = desc
+                rows.append(r)
+                print(f"# variant {name} w={w} ({desc}): {r['steady_ips']:.1f} img/s steady, "
+                      f"epochs {[round(v) for v in r['epoch_ips']]}, load {r['load']}", flush=True)
+                print_breakdown(r)
+        plain()  # and once more at the end: the machine may be shared, its load drifts
+    finally:
+        ray.shutdown() if ray.is_initialized() else None
+        if args.keep:
+            print(f"# kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    plain_rows = [r for r in rows if r["config"] == "plain keras fit"]
+    plain_ips = _median([r["steady_ips"] for r in plain_rows]) if plain_rows else None
+    print("\nevery run:\n")
+    print(table(rows, plain_ips))
+    print("\nmedian per configuration:\n")
+    print(table(summarize(rows), plain_ips))
+    if plain_ips:
+        print(f"\nvs plain = steady img/s / median of the {len(plain_rows)} plain runs ({plain_ips:.1f} img/s)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "date": dt.datetime.now().isoformat(timespec="seconds"),
+                       "plain_ips": plain_ips, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

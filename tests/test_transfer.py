@@ -1,0 +1,78 @@
+"""A real transfer on the cluster, through the demo's own pipeline: pretrain
+MobileNet on task A, save its backbone weights to S3, fine-tune on task B with
+the lower backbone frozen; compare with the same budget from scratch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgrec import checkpoint as ckpt
+from imgrec import storage
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="session")
+def transfer_demo(ray_cluster, session_bucket):
+    from imgrec.demo import run_demo
+
+    return run_demo(f"{session_bucket}/demo", image_size=SIZE, pretrain_epochs=8, transfer_epochs=4,
+                    a_per_class=100, b_per_class=30)
+
+
+@pytest.fixture(scope="session")
+def scratch_run(transfer_demo, session_bucket):
+    """Task B with the transfer run's exact budget, from random weights."""
+    from imgrec.config import replace
+    from imgrec.train import train
+
+    cfg = ckpt.resolve(transfer_demo.transfer.run_uri).manifest["train_config"]
+    from imgrec.config import TrainConfig, from_dict
+
+    base = from_dict(TrainConfig, cfg)
+    return train(replace(base, run_name="scratch-b", report=False, resume=None,
+                         **{"model.weights": "none", "model.freeze_depth": 0}))
+
+
+def test_weights_saved_to_s3_and_recorded(transfer_demo):
+    assert transfer_demo.weights_uri.startswith("s3://")
+    assert storage.exists(transfer_demo.weights_uri)
+    manifest = ckpt.resolve(transfer_demo.transfer.run_uri).manifest
+    assert manifest["backbone"] == "mobilenet"
+    assert manifest["model"]["weights"] == transfer_demo.weights_uri
+    assert manifest["freeze_depth"] == transfer_demo.freeze_depth > 0
+
+
+def test_frozen_layers_bit_identical_unfrozen_changed(transfer_demo):
+    from imgrec import models
+    from imgrec.config import ModelConfig
+
+    tuned = ckpt.load_model(transfer_demo.transfer.run_uri, compile=False)
+    start = models.build_model(ModelConfig(name="mobilenet", alpha=0.25, weights=transfer_demo.weights_uri),
+                               3, SIZE)
+    depth = transfer_demo.freeze_depth
+    tuned_layers, start_layers = models.backbone_layers(tuned), models.backbone_layers(start)
+    assert models.frozen_depth(tuned) == depth
+    frozen_checked = changed = 0
+    for i, (a, b) in enumerate(zip(tuned_layers, start_layers, strict=True)):
+        for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+            if i < depth:
+                np.testing.assert_array_equal(wa, wb, err_msg=f"frozen layer {a.name} changed")
+                frozen_checked += 1
+            elif not np.array_equal(wa, wb):
+                changed += 1
+    assert frozen_checked > 0 and changed > 0
+
+
+def test_transfer_beats_same_budget_from_scratch(transfer_demo, scratch_run):
+    transferred = transfer_demo.transfer.test_metrics["accuracy"]
+    scratch = scratch_run.test_metrics["accuracy"]
+    assert transferred > scratch, (transferred, scratch)
+    assert transferred > 0.6, transfer_demo.transfer.test_metrics
+
+
+def test_transfer_report_and_evaluation(transfer_demo):
+    run = transfer_demo.transfer.run_uri
+    assert storage.exists(f"{run}/report.html") and storage.exists(f"{run}/confusion.png")
+    assert transfer_demo.transfer.test_metrics["count"] == 90
