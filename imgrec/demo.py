@@ -84,7 +84,7 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
         model=ModelConfig(name="mobilenet", alpha=alpha, weights="none", freeze_depth=0, bn_momentum=0.9),
         augment=AugmentConfig(horizontal_flip=True),
         storage=runs, run_name=f"pretrain-a-{stamp}", workers=workers, batch_size=32, epochs=pretrain_epochs,
-        learning_rate=3e-3, report=True,
+        learning_rate=1e-3, report=True,
     ))
     weights_uri = storage.join(root, "weights", f"mobilenet_{alpha:g}_{image_size[0]}_task_a.weights.h5")
     models.save_backbone_weights(checkpoint.load_model(pretrain.best_checkpoint, compile=False), weights_uri)
