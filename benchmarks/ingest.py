@@ -177,8 +177,9 @@ def run_imgrec(path: str, uri: str, sampler: Sampler) -> list[dict]:
     with sampler.phase() as ph:
         ensure_ray()  # as train() does: a local cluster with 3 logical CPUs per core
         ray.data.DataContext.get_current().enable_progress_bars = False
-        warm_up_ray_data()
-    out.append(record(path, "start-up", 0, ph, note="ray.init + Ray Data workers started (a no-op job)"))
+        warm_up_ray_data(s3=uri.startswith("s3://"))
+    out.append(record(path, "start-up", 0, ph, note="ray.init + a Ray Data worker per CPU, imgrec imported"
+                      + (", S3 client made" if uri.startswith("s3://") else "")))
     cfg = DataConfig(uri=uri, validation_split=0.0, decode=DecodeConfig(image_size=(SIZE, SIZE)))
     with sampler.phase() as ph:
         t0 = time.perf_counter()
@@ -194,16 +195,20 @@ def run_imgrec(path: str, uri: str, sampler: Sampler) -> list[dict]:
     return out
 
 
-def warm_up_ray_data() -> None:
-    """Start a Ray Data worker on every CPU and import imgrec there: the
-    equivalent of importing TensorFlow for tf.data (a worker's first Ray Data
-    task imports ray.data, pyarrow and pandas: seconds each on a busy machine)."""
+def warm_up_ray_data(s3: bool) -> None:
+    """Start a Ray Data worker on every CPU and import imgrec there (and make
+    its S3 client): the equivalent of importing TensorFlow for tf.data, or
+    boto3 for the plain reader. A worker's first Ray Data task imports
+    ray.data, pyarrow and pandas, and its first GET imports boto3 and loads
+    the S3 service model: ~1 CPU-second each, paid once per worker process."""
     import ray
 
     def touch(batch):
         import imgrec.augment  # noqa: F401
-        import imgrec.data  # noqa: F401
+        import imgrec.data
 
+        if s3:
+            imgrec.data._s3_client()
         time.sleep(0.2)  # hold the worker, so the next task needs another one
         return batch
 

@@ -59,7 +59,7 @@ class Sampler(threading.Thread):
     """Peak RSS and CPU time of this process (+ descendants), and when each epoch of an
     imgrec run ended (the time its ``history.json`` first lists that epoch)."""
 
-    def __init__(self, tree: bool, history_path: str | None = None, interval: float = 0.2):
+    def __init__(self, tree: bool, history_path: str | None = None, interval: float = 0.5):
         super().__init__(daemon=True)
         self.tree, self.history_path, self.interval = tree, history_path, interval
         self.peak_rss = 0
@@ -109,6 +109,7 @@ class Sampler(threading.Thread):
         if new:
             per_process: dict[int, tuple[str, float]] = {}
             self.sample(per_process)
+            per_process[-1] = ("(benchmark sampler thread)", self.own_cpu)
             for e in new:
                 self.epoch_end[e] = (now, cpu)
                 self.epoch_procs[e] = per_process
@@ -121,6 +122,9 @@ class Sampler(threading.Thread):
         out: dict[str, float] = {}
         for pid, (label, cpu) in b.items():
             out[label] = out.get(label, 0.0) + cpu - (a[pid][1] if pid in a else 0.0)
+        # The sampler runs in this process: its cost is the benchmark's, not the driver's.
+        sampler = out.pop("(benchmark sampler thread)", 0.0)
+        out["driver (this process)"] = out.get("driver (this process)", 0.0) - sampler
         return sorted(out.items(), key=lambda kv: -kv[1])
 
     def run(self) -> None:
@@ -226,6 +230,7 @@ def run_plain(x, y, num_classes: int, args) -> dict:
         "startup_s": (t_fit - t_call) + times[0], "before_first_step_s": t_fit - t_call,
         "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
         "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
+        "worker_cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
         "cpu_s_total": cpus[-1] - cpu0,
         "peak_rss_mb": sampler.peak_rss / 2**20, "procs": 1, "load": f"{load0} -> {loadavg()}",
         "final_accuracy": float(hist.history["accuracy"][-1]),
@@ -271,21 +276,25 @@ def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, l
     ends = sampler.epoch_end
     startup = ends[1][0] - t_call if 1 in ends else None
     last = max(ends) if ends else None
-    steady_cpu = None
-    if last and last > 1:
-        steady_cpu = (ends[last][1] - ends[1][1]) / sum(seen[1:last])
+    steady_cpu = worker_cpu = None
+    breakdown = sampler.steady_breakdown()
+    if last and last > 1 and breakdown:
+        steady_imgs = sum(seen[1:last])
+        steady_cpu = sum(cpu for _, cpu in breakdown) / steady_imgs  # all processes, sampler excluded
+        worker_cpu = sum(cpu for label, cpu in breakdown if label == "ray::RayTrainWorker") / steady_imgs
     return {
         "config": label, "workers": workers,
         "startup_s": startup,
         "before_first_step_s": startup - hist[0]["train_time_s"] if startup else None,
         "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
         "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
+        "worker_cpu_ms_per_img": 1e3 * worker_cpu if worker_cpu else None,
         "cpu_s_total": sampler.cpu_now() - cpu0,
         "peak_rss_mb": sampler.peak_rss / 2**20, "procs": sampler.peak_procs,
         "load": f"{load0} -> {loadavg()}", "elapsed_s": result.elapsed_s,
         "final_accuracy": hist[-1]["accuracy"],
         "steady_wall_s": ends[last][0] - ends[1][0] if last and last > 1 else None,
-        "steady_cpu_by_process": sampler.steady_breakdown(),
+        "steady_cpu_by_process": breakdown,
         "peak_rss_by_process": sampler.peak_by_process,
         "sampler_cpu_s": sampler.own_cpu,
     }
@@ -424,7 +433,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (config, workers), rs in groups.items():
         m = {"config": f"{config} (n={len(rs)})", "workers": workers, "procs": max(r["procs"] for r in rs),
              "load": ", ".join(r["load"].split(" -> ")[0].split("/")[0] for r in rs) + " (1-min at start)"}
-        for k in ("startup_s", "before_first_step_s", "epoch1_ips", "steady_ips", "cpu_ms_per_img", "peak_rss_mb"):
+        for k in ("startup_s", "before_first_step_s", "epoch1_ips", "steady_ips", "cpu_ms_per_img",
+                  "worker_cpu_ms_per_img", "peak_rss_mb"):
             m[k] = _median([r[k] for r in rs])
         out.append(m)
     return out
@@ -445,21 +455,39 @@ def print_breakdown(r: dict) -> None:
             f"{label} {rss / 2**20:.0f} ({n})" for label, rss, n in r["peak_rss_by_process"]), flush=True)
 
 
-def table(rows: list[dict], plain_ips: float | None) -> str:
-    head = ("config", "workers", "startup s", "(pre-step s)", "epoch-1 img/s", "steady img/s", "vs plain",
-            "CPU ms/img", "peak RSS MB", "procs", "load avg (start -> end)")
+def table(rows: list[dict], plain: dict | None) -> str:
+    """``plain``: the plain run's medians (steady_ips, cpu_ms_per_img) the ratios refer to."""
+    head = ("config", "workers", "startup s", "pre-step s", "epoch-1 img/s", "steady img/s", "vs plain",
+            "CPU ms/img all", "CPU ms/img workers", "CPU-eff. vs plain", "peak RSS MB", "procs",
+            "load avg (start -> end)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+
+    def f(v, p=1):
+        return "-" if v is None else f"{v:.{p}f}"
+
     for r in rows:
-        ratio = f"{r['steady_ips'] / plain_ips:.2f}x" if plain_ips else "-"
-
-        def f(v, p=1):
-            return "-" if v is None else f"{v:.{p}f}"
-
+        ratio = f"{r['steady_ips'] / plain['steady_ips']:.2f}x" if plain else "-"
+        eff = (f"{plain['cpu_ms_per_img'] / r['cpu_ms_per_img']:.2f}x"
+               if plain and plain.get("cpu_ms_per_img") and r.get("cpu_ms_per_img") else "-")
         lines.append("| " + " | ".join([
             r["config"], str(r["workers"]), f(r["startup_s"]), f(r["before_first_step_s"]), f(r["epoch1_ips"]),
-            f(r["steady_ips"]), ratio, f(r["cpu_ms_per_img"]), f(r["peak_rss_mb"], 0), str(r["procs"]), r["load"],
+            f(r["steady_ips"]), ratio, f(r.get("cpu_ms_per_img")), f(r.get("worker_cpu_ms_per_img")), eff,
+            f(r["peak_rss_mb"], 0), str(r["procs"]), r["load"],
         ]) + " |")
     return "\n".join(lines)
+
+
+def report(rows: list[dict]) -> None:
+    plain_rows = [r for r in rows if r["config"] == "plain keras fit"]
+    plain = {k: _median([r.get(k) for r in plain_rows]) for k in ("steady_ips", "cpu_ms_per_img")} \
+        if plain_rows else None
+    print("\nevery run:\n")
+    print(table(rows, plain))
+    print("\nmedian per configuration:\n")
+    print(table(summarize(rows), plain))
+    if plain:
+        print(f"\nvs plain = steady img/s / median of the {len(plain_rows)} plain runs ({plain['steady_ips']:.1f} "
+              f"img/s); CPU-eff. = plain CPU ms/img ({plain['cpu_ms_per_img']:.1f}) / this run's (all processes)")
 
 
 def wait_for_load(limit: float | None, max_wait: float) -> None:
@@ -499,8 +527,19 @@ def main() -> None:
     p.add_argument("--wait-load", type=float, help="before each run wait until the 1-min load average is below this")
     p.add_argument("--wait-max", type=float, default=600, help="longest wait for --wait-load, seconds")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--table-from", nargs="+", metavar="JSON", help="only print the tables of earlier --json files")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (data, runs)")
     args = p.parse_args()
+    if args.table_from:
+        rows = [r for path in args.table_from for r in json.load(open(path))["rows"]]
+        for r in rows:  # files from before the worker-only column: the workers' share of the steady CPU
+            parts = r.get("steady_cpu_by_process") or []
+            total = sum(c for _, c in parts)
+            share = sum(c for label, c in parts if label == "ray::RayTrainWorker") / total if total else None
+            r.setdefault("worker_cpu_ms_per_img", r["cpu_ms_per_img"] if r["config"] == "plain keras fit" else
+                         (r["cpu_ms_per_img"] * share if share and r.get("cpu_ms_per_img") else None))
+        report(rows)
+        return
     default_workers = [int(v) for v in args.variant_workers.split(",") if v]
     variants: list[tuple[str, int]] = []  # (name, workers); "name@2" picks the worker count
     for item in (sorted(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]):
@@ -580,19 +619,12 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    plain_rows = [r for r in rows if r["config"] == "plain keras fit"]
-    plain_ips = _median([r["steady_ips"] for r in plain_rows]) if plain_rows else None
-    print("\nevery run:\n")
-    print(table(rows, plain_ips))
-    print("\nmedian per configuration:\n")
-    print(table(summarize(rows), plain_ips))
-    if plain_ips:
-        print(f"\nvs plain = steady img/s / median of the {len(plain_rows)} plain runs ({plain_ips:.1f} img/s)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "date": dt.datetime.now().isoformat(timespec="seconds"),
-                       "plain_ips": plain_ips, "rows": rows}, fh, indent=1)
-
+                       "machine": f"{psutil.cpu_count(logical=False)} cores, "
+                                  f"{psutil.virtual_memory().total / 2**30:.0f} GB", "rows": rows}, fh, indent=1)
+    report(rows)
 
 if __name__ == "__main__":
     sys.exit(main())

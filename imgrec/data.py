@@ -6,7 +6,7 @@ Flow::
     list_image_tree(uri)            -> ImageTree (class names, file records, split)
     load_dataset(DataConfig)        -> ImageDataset: train / val / test Ray datasets
         read bytes + decode (map_batches, threaded GETs)  -> materialize()  (decode once)
-        bad rows reported, good rows materialized again    (epochs never re-filter)
+        bad files dropped inside the decode tasks, then re-checked here for the report
         train: randomize_block_order + Augmenter           (every epoch, fresh randomness)
     shard_batches / to_tf_dataset   -> per-worker (uint8 images, int labels) batches
 
@@ -252,8 +252,10 @@ class ImageDataset:
         )
 
 
-# Rows per Ray Data block when decoding, and rows per decode call (one call
-# fetches its files on ``io_threads`` threads, so it should be >> the latency).
+# Rows per Ray Data block when decoding (the unit of parallelism, and of the
+# per-epoch block shuffle), and rows per decode / augment call. A decode call
+# reads its files on DecodeImages.io_threads threads: 64 rows keep 16 reads in
+# flight for most of the call, which is what S3's per-GET latency needs.
 ROWS_PER_BLOCK = 256
 DECODE_BATCH = 64
 AUGMENT_BATCH = 64
@@ -466,18 +468,15 @@ def load_dataset(
     tree = list_image_tree(cfg.uri)
     train_recs = _limit_per_class(tree.train, cfg.limit_per_class)
     train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed)
-    bad = list(tree.skipped)
-    train, n_train, b = _decoded(train_recs, decode, cache=cfg.cache)
-    bad += b
-    val, n_val, b = _decoded(val_recs, decode, cache=cfg.cache)
-    bad += b
-    test, n_test, b = _decoded(tree.test, decode, cache=cfg.cache)
-    bad += b
+    train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache)
     if n_train == 0:
         raise DataError(
             f"{tree.root}: every training image failed to decode; first bad files: "
-            + "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:5])
+            + "; ".join(f"{b['path']} ({b['reason']})" for b in train_bad[:5])
         )
+    val, n_val, val_bad = _decoded(val_recs, decode, cache=cfg.cache)
+    test, n_test, test_bad = _decoded(tree.test, decode, cache=cfg.cache)
+    bad = tree.skipped + train_bad + val_bad + test_bad
     for item in bad:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     return ImageDataset(
@@ -507,9 +506,9 @@ def augmented(ds, augment: AugmentConfig):
       a fresh ``Augmenter`` into every task, so its own call counter restarts
       each epoch and would repeat the same augmentation; the salt is instead
       Ray Data's execution index (one per pass over the dataset), read inside
-      the task. The block order is seeded the same way. Same program, same
-      pixels; if Ray stops exposing the index, the salt is 0 (the same
-      augmentation every epoch, still reproducible).
+      the task. The block order is seeded the same way, so a rerun of the
+      same program gets the same salts. If Ray stops exposing the index, the
+      salt is 0: the same augmentation every epoch, still reproducible.
     """
     from ray.data import RandomSeedConfig
 

@@ -44,7 +44,7 @@ def transfer_config(data_uri: str, runs_uri: str, weights_uri: str, *, freeze_de
         storage=runs_uri,
         run_name=run_name,
         workers=workers,
-        batch_size=32,
+        batch_size=16,  # task B is small: more, smaller steps
         epochs=epochs,
         learning_rate=1e-3,
         **overrides,
@@ -52,7 +52,7 @@ def transfer_config(data_uri: str, runs_uri: str, weights_uri: str, *, freeze_de
 
 
 def make_tasks(root: str, *, image_size=(64, 64), a_classes: int = 6, a_per_class: int = 150,
-               b_per_class: int = 40) -> tuple[str, str]:
+               b_per_class: int = 60) -> tuple[str, str]:
     from imgrec import synth
 
     task_a, task_b = storage.join(root, "data", "task-a"), storage.join(root, "data", "task-b")
@@ -65,7 +65,7 @@ def make_tasks(root: str, *, image_size=(64, 64), a_classes: int = 6, a_per_clas
 
 def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0.25, workers: int = 2,
              pretrain_epochs: int = 8, transfer_epochs: int = 4, a_classes: int = 6, a_per_class: int = 150,
-             b_per_class: int = 40) -> DemoResult:
+             b_per_class: int = 60) -> DemoResult:
     """One call: data, pretraining, weights, fine-tuning, evaluation and report under ``root``."""
     from imgrec import checkpoint, models
     from imgrec.train import train
@@ -83,7 +83,7 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
         data=DataConfig(uri=task_a, decode=DecodeConfig(image_size=tuple(image_size))),
         model=ModelConfig(name="mobilenet", alpha=alpha, weights="none", freeze_depth=0, bn_momentum=0.9),
         augment=AugmentConfig(horizontal_flip=True),
-        storage=runs, run_name=f"pretrain-a-{stamp}", workers=workers, batch_size=32, epochs=pretrain_epochs,
+        storage=runs, run_name=f"pretrain-a-{stamp}", workers=workers, batch_size=16, epochs=pretrain_epochs,
         learning_rate=1e-3, report=True,
     ))
     weights_uri = storage.join(root, "weights", f"mobilenet_{alpha:g}_{image_size[0]}_task_a.weights.h5")
