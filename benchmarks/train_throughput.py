@@ -65,6 +65,7 @@ class Sampler(threading.Thread):
         self.peak_rss = 0
         self.peak_procs = 0
         self.peak_by_process: list[tuple[str, int, int]] = []
+        self.peak_pss = 0  # proportional set size (shared pages split between their users), at epoch ends
         self.own_cpu = 0.0
         self.epoch_end: dict[int, tuple[float, float]] = {}  # epoch -> (time, tree cpu s)
         self.epoch_procs: dict[int, dict[int, tuple[str, float]]] = {}  # epoch -> {pid: (label, cpu s)}
@@ -90,6 +91,15 @@ class Sampler(threading.Thread):
                 pass
         return int(rss), cpu, len(procs)
 
+    def pss(self) -> int:
+        total = 0
+        for p in self.procs():
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
+                pass
+        return total
+
     def cpu_now(self) -> float:
         return self.sample()[1]
 
@@ -110,6 +120,7 @@ class Sampler(threading.Thread):
             per_process: dict[int, tuple[str, float]] = {}
             self.sample(per_process)
             per_process[-1] = ("(benchmark sampler thread)", self.own_cpu)
+            self.peak_pss = max(self.peak_pss, self.pss())
             for e in new:
                 self.epoch_end[e] = (now, cpu)
                 self.epoch_procs[e] = per_process
@@ -210,6 +221,7 @@ def run_plain(x, y, num_classes: int, args) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.time() - self.t0)
             cpus.append(sampler.cpu_now())
+            sampler.peak_pss = max(sampler.peak_pss, sampler.pss())
 
     load0 = loadavg()
     sampler.start()
@@ -232,7 +244,8 @@ def run_plain(x, y, num_classes: int, args) -> dict:
         "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
         "worker_cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
         "cpu_s_total": cpus[-1] - cpu0,
-        "peak_rss_mb": sampler.peak_rss / 2**20, "procs": 1, "load": f"{load0} -> {loadavg()}",
+        "peak_rss_mb": sampler.peak_rss / 2**20, "pss_mb": sampler.peak_pss / 2**20, "procs": 1,
+        "load": f"{load0} -> {loadavg()}",
         "final_accuracy": float(hist.history["accuracy"][-1]),
     }
 
@@ -290,7 +303,7 @@ def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, l
         "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
         "worker_cpu_ms_per_img": 1e3 * worker_cpu if worker_cpu else None,
         "cpu_s_total": sampler.cpu_now() - cpu0,
-        "peak_rss_mb": sampler.peak_rss / 2**20, "procs": sampler.peak_procs,
+        "peak_rss_mb": sampler.peak_rss / 2**20, "pss_mb": sampler.peak_pss / 2**20, "procs": sampler.peak_procs,
         "load": f"{load0} -> {loadavg()}", "elapsed_s": result.elapsed_s,
         "final_accuracy": hist[-1]["accuracy"],
         "steady_wall_s": ends[last][0] - ends[1][0] if last and last > 1 else None,
@@ -434,8 +447,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         m = {"config": f"{config} (n={len(rs)})", "workers": workers, "procs": max(r["procs"] for r in rs),
              "load": ", ".join(r["load"].split(" -> ")[0].split("/")[0] for r in rs) + " (1-min at start)"}
         for k in ("startup_s", "before_first_step_s", "epoch1_ips", "steady_ips", "cpu_ms_per_img",
-                  "worker_cpu_ms_per_img", "peak_rss_mb"):
-            m[k] = _median([r[k] for r in rs])
+                  "worker_cpu_ms_per_img", "peak_rss_mb", "pss_mb"):
+            m[k] = _median([r.get(k) for r in rs])
         out.append(m)
     return out
 
@@ -458,7 +471,7 @@ def print_breakdown(r: dict) -> None:
 def table(rows: list[dict], plain: dict | None) -> str:
     """``plain``: the plain run's medians (steady_ips, cpu_ms_per_img) the ratios refer to."""
     head = ("config", "workers", "startup s", "pre-step s", "epoch-1 img/s", "steady img/s", "vs plain",
-            "CPU ms/img all", "CPU ms/img workers", "CPU-eff. vs plain", "peak RSS MB", "procs",
+            "CPU ms/img all", "CPU ms/img workers", "CPU-eff. vs plain", "peak RSS MB", "PSS MB", "procs",
             "load avg (start -> end)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
 
@@ -472,7 +485,7 @@ def table(rows: list[dict], plain: dict | None) -> str:
         lines.append("| " + " | ".join([
             r["config"], str(r["workers"]), f(r["startup_s"]), f(r["before_first_step_s"]), f(r["epoch1_ips"]),
             f(r["steady_ips"]), ratio, f(r.get("cpu_ms_per_img")), f(r.get("worker_cpu_ms_per_img")), eff,
-            f(r["peak_rss_mb"], 0), str(r["procs"]), r["load"],
+            f(r["peak_rss_mb"], 0), f(r.get("pss_mb"), 0), str(r["procs"]), r["load"],
         ]) + " |")
     return "\n".join(lines)
 

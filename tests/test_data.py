@@ -118,7 +118,8 @@ def test_split_is_stable_disjoint_near_the_fraction_and_order_free():
 def test_limit_per_class_keeps_the_first_files_of_each_class():
     records = fake_records({0: 5, 1: 2})
     kept = data._limit_per_class(records, 3)
-    assert [r["rel"] for r in kept] == ["c0/00000.jpg", "c0/00001.jpg", "c0/00002.jpg", "c1/00000.jpg", "c1/00001.jpg"]
+    assert [r["rel"] for r in kept] == [
+        "c0/00000.jpg", "c0/00001.jpg", "c0/00002.jpg", "c1/00000.jpg", "c1/00001.jpg"]
     assert data._limit_per_class(records, None) == records
 
 
@@ -132,7 +133,8 @@ def test_cifar10_without_network_is_a_clear_error(monkeypatch):
         raise OSError("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     # A stand-in keras module: the real one costs seconds to import, and only its download matters here.
-    fake = types.SimpleNamespace(datasets=types.SimpleNamespace(cifar10=types.SimpleNamespace(load_data=offline)))
+    cifar10 = types.SimpleNamespace(load_data=offline)
+    fake = types.SimpleNamespace(datasets=types.SimpleNamespace(cifar10=cifar10))
     monkeypatch.setitem(sys.modules, "keras", fake)
     with pytest.raises(data.DataError, match="cannot download CIFAR-10.*export-cifar10"):
         data.load_dataset(DataConfig(uri="cifar10", decode=DecodeConfig(image_size=(32, 32))))
@@ -158,9 +160,9 @@ def test_export_refuses_unsorted_names_and_a_full_destination(tmp_path):
 def messy_tree(session_bucket):
     """An S3 tree of 3 classes with one corrupt, one zero-byte, one non-image and
     one oversized file (decoded with max_pixels=2000: 30x40 fits, 60x80 does not)."""
-    good = {f"train/{cls}/{i}.jpg": jpeg(10 * k + i) for k, cls in enumerate(["bird", "cat", "dog"]) for i in range(6)}
-    good.update({f"test/{cls}/t{i}.jpg": jpeg(100 + 10 * k + i) for k, cls in enumerate(["bird", "cat", "dog"])
-                 for i in range(2)})
+    classes = ["bird", "cat", "dog"]
+    good = {f"train/{cls}/{i}.jpg": jpeg(10 * k + i) for k, cls in enumerate(classes) for i in range(6)}
+    good.update({f"test/{c}/t{i}.jpg": jpeg(100 + 10 * k + i) for k, c in enumerate(classes) for i in range(2)})
     bad = {
         "train/cat/corrupt.jpg": jpeg(99)[:-200],  # cut inside the scan data
         "train/cat/empty.jpg": b"",
@@ -194,7 +196,8 @@ def test_bad_files_are_reported_skipped_and_pixels_match_decode_image(ray_cluste
 
 
 def test_a_tree_of_only_bad_files_is_a_clear_error(ray_cluster, tmp_path):
-    root = write_tree(str(tmp_path / "t"), {f"{c}/{i}.jpg": b"not a jpeg" for c in ("a", "b") for i in range(3)})
+    files = {f"{c}/{i}.jpg": b"not a jpeg" for c in ("a", "b") for i in range(3)}
+    root = write_tree(str(tmp_path / "t"), files)
     with pytest.raises(data.DataError, match=f"{root}: every training image failed to decode.*not an image"):
         data.load_dataset(DataConfig(uri=root, decode=DecodeConfig(image_size=SIZE)))
 
@@ -261,7 +264,8 @@ def test_shard_batches_and_tf_dataset(ray_cluster):
 def test_exported_arrays_load_back_with_identical_pixels(ray_cluster, bucket):
     rng = np.random.default_rng(3)
     # Every class in train/ (else the tree's sorted folder names would shift the label indices).
-    x_tr, y_tr = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.permutation(np.arange(40) % 10)[:, None]
+    x_tr = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    y_tr = rng.permutation(np.arange(40) % 10)[:, None]
     x_te, y_te = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, (10, 1))
     uri = f"{bucket}/cifar"
     counts = data.export_cifar10(uri, loader=lambda: ((x_tr, y_tr), (x_te, y_te)))
@@ -269,7 +273,8 @@ def test_exported_arrays_load_back_with_identical_pixels(ray_cluster, bucket):
     decode = DecodeConfig(image_size=(32, 32))
     cfg = DataConfig(uri=uri, decode=decode)
     from_tree = data.load_dataset(cfg)
-    from_arrays = data.load_dataset(cfg, arrays=((x_tr, y_tr), (x_te, y_te)), class_names=data.CIFAR10_CLASSES)
+    arrays = ((x_tr, y_tr), (x_te, y_te))
+    from_arrays = data.load_dataset(cfg, arrays=arrays, class_names=data.CIFAR10_CLASSES)
     assert from_tree.class_names == data.CIFAR10_CLASSES and from_tree.bad_files == []
     assert from_tree.counts == from_arrays.counts
     for split, (x, y) in {"train": (x_tr, y_tr), "val": (x_tr, y_tr), "test": (x_te, y_te)}.items():
@@ -277,7 +282,8 @@ def test_exported_arrays_load_back_with_identical_pixels(ray_cluster, bucket):
             images, labels, paths = data.take_arrays(getattr(ds, split))
             rows = [int(os.path.basename(p).split(".")[0]) for p in paths]
             if ds is from_tree:
-                assert all(data.CIFAR10_CLASSES[lab] == p.split("/")[-2] for lab, p in zip(labels, paths, strict=True))
+                folders = [p.split("/")[-2] for p in paths]
+                assert [data.CIFAR10_CLASSES[lab] for lab in labels] == folders
                 tree_rows = sorted(rows)
             else:
                 assert sorted(rows) == tree_rows  # the same split on both paths
