@@ -20,6 +20,10 @@ Photo-sized synthetic JPEGs (500x375, ``synth.make_dataset``, cached under
 S3 is moto's server, started here on a free loopback port (output discarded):
 slow (~170 small GETs/s), so it bounds both S3 paths' first epoch.
 
+Ray starts its workers at nice 15; on a machine shared with other work that
+starves them against the baselines (default priority), so the imgrec paths run
+with ``RAY_worker_niceness=0`` (``--ray-niceness 15`` for Ray's default).
+
 Every path runs in its own child process, so its figures cover exactly its own
 process tree: peak RSS is the sum over the child and every process it started
 (the Ray cluster included; shared object-store pages count once per process
@@ -187,7 +191,8 @@ def run_imgrec(path: str, uri: str, sampler: Sampler) -> list[dict]:
         load_s = time.perf_counter() - t0
         train = data.augmented(ds.train, AugmentConfig(**AUGMENT))
         n = sum(len(x) for x, _ in data.shard_batches(train, BATCH))
-    out.append(record(path, 1, n, ph, note=f"load_dataset {load_s:.1f} s + augmented epoch {ph.seconds - load_s:.1f} s"))
+    note = f"load_dataset {load_s:.1f} s + augmented epoch {ph.seconds - load_s:.1f} s"
+    out.append(record(path, 1, n, ph, note=note))
     for epoch in range(2, EPOCHS + 1):
         with sampler.phase() as ph:
             n = sum(len(x) for x, _ in data.shard_batches(train, BATCH))
@@ -234,7 +239,8 @@ def run_tfdata(path: str, root: str, sampler: Sampler) -> list[dict]:
         with sampler.phase() as ph:
             if ds is None:  # listing counts in epoch 1, as it does for imgrec
                 ds = keras.utils.image_dataset_from_directory(
-                    os.path.join(root, "train"), image_size=(SIZE, SIZE), batch_size=BATCH, seed=0, verbose=False)
+                    os.path.join(root, "train"), image_size=(SIZE, SIZE), batch_size=BATCH, seed=0,
+                    verbose=False)
                 ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
                 ds = ds.prefetch(tf.data.AUTOTUNE)
             n = sum(int(x.shape[0]) for x, _ in ds)
@@ -263,8 +269,8 @@ def run_plain_s3(path: str, uri: str, sampler: Sampler, threads: int = 16) -> li
     cfg = AugmentConfig(**AUGMENT)
 
     def listing() -> tuple[list[str], np.ndarray]:
-        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                for o in page.get("Contents", [])]
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         names = sorted({k.split("/")[-2] for k in keys})
         return keys, np.array([names.index(k.split("/")[-2]) for k in keys])
 
@@ -317,7 +323,8 @@ def dataset(workdir: str, n: int) -> str:
     per_class = -(-n // CLASSES)
     if os.path.exists(root + ".complete"):
         return root
-    bigger = sorted(int(f[7:-9]) for f in os.listdir(workdir) if f.startswith("photos-") and f.endswith(".complete"))
+    done = [f for f in os.listdir(workdir) if f.startswith("photos-") and f.endswith(".complete")]
+    bigger = sorted(int(f[len("photos-"):-len(".complete")]) for f in done)
     source = next((m for m in bigger if m >= n), None)
     if source is not None:
         src = os.path.join(workdir, f"photos-{source}", "train")
@@ -328,7 +335,7 @@ def dataset(workdir: str, n: int) -> str:
                 if not os.path.exists(dest):
                     os.link(os.path.join(src, cls, name), dest)
     else:
-        print(f"generating {per_class * CLASSES} {PHOTO[1]}x{PHOTO[0]} JPEGs in {root} (once) ...", flush=True)
+        print(f"generating {per_class * CLASSES} {PHOTO[1]}x{PHOTO[0]} JPEGs in {root} (once)", flush=True)
         synth.make_dataset(root, task="shapes", classes=CLASSES, per_class=per_class, test_per_class=0,
                            image_size=PHOTO, seed=0, overwrite=True)
     open(root + ".complete", "w").close()  # outside the tree: the listing must not see it
@@ -359,7 +366,11 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 
 def run_child(path: str, args, env: dict, log) -> list[dict]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--local", args.local, "--s3", args.s3 or ""]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--local", args.local,
+           "--s3", args.s3 or ""]
+    # Ray starts its workers at nice 15. On a machine busy with other work that
+    # starves them against the baselines, which run at the default priority.
+    env = {**env, "RAY_worker_niceness": str(args.ray_niceness)}
     print(f"  {path} ...", end="", flush=True)
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -410,6 +421,9 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {PATHS}")
     parser.add_argument("--workdir", default="/tmp/imgrec-bench-ingest", help="cached datasets and the log")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--ray-niceness", type=int, default=0,
+                        help="RAY_worker_niceness for the imgrec paths (Ray's default: 15; "
+                             "0: the baselines' priority)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--local", help=argparse.SUPPRESS)
     parser.add_argument("--s3", help=argparse.SUPPRESS)
@@ -428,13 +442,16 @@ def main() -> None:
     moto = None
     log_path = os.path.join(args.workdir, "ingest.log")
     print(f"ingest benchmark: {args.n} images {PHOTO[1]}x{PHOTO[0]} -> {SIZE}x{SIZE}, batch {BATCH}, "
-          f"{EPOCHS} epochs; {os.cpu_count()} cores, load {loadavg()}; child logs in {log_path}", flush=True)
+          f"{EPOCHS} epochs, Ray workers at nice {args.ray_niceness}; {os.cpu_count()} cores, "
+          f"load {loadavg()}; child logs in {log_path}", flush=True)
     rows: list[dict] = []
     try:
         if any(p.endswith("-s3") for p in paths):
             moto, endpoint = start_moto()
+            # Dummy credentials for the loopback moto server only.
             env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                       AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+                       AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
+                       AWS_EC2_METADATA_DISABLED="true")
             env.pop("AWS_PROFILE", None)
             env.pop("AWS_SESSION_TOKEN", None)
             os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})

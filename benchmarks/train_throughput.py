@@ -362,8 +362,9 @@ _TIMED = (_STEP_LOOP, """\
             return out
 
         cpu_a, wall_a = _thread_cpu(), time.perf_counter()
+        t_a0 = time.perf_counter()
         it = iter(train_data)
-        t_wait = t_step = 0.0
+        t_wait = t_step = t_first = 0.0
         i = -1
         while True:
             t_a = time.perf_counter()
@@ -373,11 +374,18 @@ _TIMED = (_STEP_LOOP, """\
                 break
             t_b = time.perf_counter()
             i += 1
+            if i == 0:  # the first batch of the epoch: a new Ray Data epoch (streaming executor) starts
+                t_first, t_a = t_b - t_a0, t_b
             ls, c, n = train_step(batch)
             loss_sum, correct, seen = loss_sum + float(ls), correct + float(c), seen + float(n)
             t_wait, t_step = t_wait + (t_b - t_a), t_step + (time.perf_counter() - t_b)
-        print(f"[bench] rank {rank} epoch {epoch + 1}: {i + 1} steps, data wait {1e3 * t_wait / max(i + 1, 1):.1f} "
-              f"ms/step, step {1e3 * t_step / max(i + 1, 1):.1f} ms/step; OMP_NUM_THREADS="
+        t_c = time.perf_counter()
+        del it  # as in the original loop, the iterator (and its generator thread) goes away inside train_time
+        t_teardown = time.perf_counter() - t_c
+        print(f"[bench] rank {rank} epoch {epoch + 1}: iterator + first batch {t_first:.2f}s, then {i + 1} steps: "
+              f"data wait {1e3 * t_wait / max(i + 1, 1):.1f} ms/step, step {1e3 * t_step / max(i + 1, 1):.1f} ms/step; "
+              f"iterator teardown {t_teardown:.2f}s; total {time.time() - t0:.1f}s; "
+              f"OMP_NUM_THREADS="
               f"{os.environ.get('OMP_NUM_THREADS')}, intra/inter-op setting "
               f"{tf.config.threading.get_intra_op_parallelism_threads()}/"
               f"{tf.config.threading.get_inter_op_parallelism_threads()}, threads in process "

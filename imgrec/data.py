@@ -134,7 +134,8 @@ def list_image_tree(uri: str) -> ImageTree:
             out.append({"path": path, "label": index[cls], "rel": rel})
         return out
 
-    tree = ImageTree(root, class_names, records(trees["train"], "train"), records(trees["test"], "test"), skipped)
+    train, test = records(trees["train"], "train"), records(trees["test"], "test")
+    tree = ImageTree(root, class_names, train, test, skipped)
     log.info("listed %s: %d classes, %s", root, len(class_names), dict(counts))
     return tree
 
@@ -351,9 +352,8 @@ def _array_dataset(images: np.ndarray, records: list[dict], decode: DecodeConfig
         from PIL import Image
 
         imgs = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in imgs])
-    items = [
-        {"image": im, "label": int(r["label"]), "path": r["path"]} for im, r in zip(imgs, records, strict=True)
-    ]
+    items = [{"image": im, "label": int(r["label"]), "path": r["path"]}
+             for im, r in zip(imgs, records, strict=True)]
     return ray.data.from_items(items, override_num_blocks=_num_blocks(len(items), 1024, 64)).materialize()
 
 
@@ -600,7 +600,9 @@ def take_arrays(ds, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, l
 
 # --------------------------------------------------------------------------- inspecting a tree
 
-HEADER_BYTES = 64 * 1024  # image headers sit in the first few KB; big EXIF/ICC blocks fall back to a full read
+# Image headers sit in the first few KB; a header beyond this (a big EXIF or ICC
+# block) falls back to reading the whole file.
+HEADER_BYTES = 64 * 1024
 INSPECT_SIZE = (64, 64)  # decode size for the bad-file check: small, so JPEG draft decoding makes it cheap
 
 
@@ -658,8 +660,8 @@ class InspectReport:
         head += f"; {s.unreadable} unreadable, see bad files)" if s.unreadable else ")"
         rows = [["width", *s.width], ["height", *s.height]]
         lines = [head, _table(["", "min", "median", "max"], rows)]
-        lines.append("modes: " + ", ".join(f"{k} {v}" for k, v in sorted(s.modes.items(), key=lambda kv: -kv[1])))
-        lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in sorted(s.formats.items(), key=lambda kv: -kv[1])))
+        lines.append("modes: " + _most_common(s.modes))
+        lines.append("formats: " + _most_common(s.formats))
         return "\n".join(lines)
 
     def _bad_list(self) -> str:
@@ -675,9 +677,16 @@ def _file_list(title: str, items: list[dict[str, str]], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _most_common(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     """Left-aligned first column, right-aligned numbers."""
-    cells = [header] + [[str(r[0])] + [f"{v:g}" if isinstance(v, float) else str(v) for v in r[1:]] for r in rows]
+    def text(v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    cells = [header] + [[text(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
@@ -809,17 +818,19 @@ def _decode_errors_ray(paths: list[str], decode: DecodeConfig) -> list[dict[str,
     if not paths:
         return []
     ensure_ray()
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=_num_blocks(len(paths), ROWS_PER_BLOCK))
+    blocks = _num_blocks(len(paths), ROWS_PER_BLOCK)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(_DecodeErrors(decode), batch_size=DECODE_BATCH, batch_format="numpy")
     rows = ds.take_all()
-    return sorted(({"path": str(r["path"]), "reason": str(r["error"])} for r in rows), key=lambda r: r["path"])
+    bad = [{"path": str(r["path"]), "reason": str(r["error"])} for r in rows]
+    return sorted(bad, key=lambda r: r["path"])
 
 
 def _decode_errors_local(paths: list[str], decode: DecodeConfig, io_threads: int) -> list[dict[str, str]]:
-    out = DecodeImages(decode, io_threads=io_threads)({"path": np.array(paths, dtype=object)}) if paths else None
-    if out is None:
-        return []
-    return [{"path": p, "reason": str(e)} for p, e in zip(paths, out["error"], strict=True) if e]
+    checker = DecodeImages(decode, io_threads=io_threads)
+    with futures.ThreadPoolExecutor(max(1, io_threads)) as pool:
+        errors = [err for _, err in pool.map(checker._one, paths)]
+    return [{"path": p, "reason": e} for p, e in zip(paths, errors, strict=True) if e]
 
 
 # --------------------------------------------------------------------------- exporting arrays as a tree
@@ -895,7 +906,8 @@ def _checked_arrays(images, labels, names: list[str], split: str) -> tuple[np.nd
         raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise DataError(
-            f"{split}: labels run from {labels.min()} to {labels.max()}, but there are {len(names)} class names"
+            f"{split}: labels run from {labels.min()} to {labels.max()}, "
+            f"but there are {len(names)} class names"
         )
     return images, labels
 

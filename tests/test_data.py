@@ -142,6 +142,30 @@ def test_cifar10_without_network_is_a_clear_error(monkeypatch):
         data.export_cifar10("/nonexistent/never-written")
 
 
+def test_cli_inspect_and_export_without_network(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from imgrec.cli import app
+
+    root = write_tree(str(tmp_path / "t"), {
+        "train/cat/1.jpg": jpeg(1), "train/cat/2.jpg": jpeg(2), "train/dog/3.jpg": jpeg(3),
+        "train/dog/4.jpg": b"broken", "test/dog/5.jpg": jpeg(5),
+    })
+    out = CliRunner().invoke(app, ["data", "inspect", root, "--decode-sample"])
+    assert out.exit_code == 0, out.output
+    assert "class  train  val  test  total" in out.output and "JPEG 4" in out.output
+    assert "dog/4.jpg: not an image" in out.output and "decoded all 5 files, in this process" in out.output
+
+    def offline():
+        raise OSError("no network")
+
+    cifar10 = types.SimpleNamespace(load_data=offline)
+    fake = types.SimpleNamespace(datasets=types.SimpleNamespace(cifar10=cifar10))
+    monkeypatch.setitem(sys.modules, "keras", fake)
+    out = CliRunner().invoke(app, ["data", "export-cifar10", str(tmp_path / "cifar")])
+    assert out.exit_code == 2 and "cannot download CIFAR-10" in out.output
+
+
 def test_export_refuses_unsorted_names_and_a_full_destination(tmp_path):
     arrays = ((np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])), (None, None))
     with pytest.raises(data.DataError, match="sorted"):
@@ -162,7 +186,8 @@ def messy_tree(session_bucket):
     one oversized file (decoded with max_pixels=2000: 30x40 fits, 60x80 does not)."""
     classes = ["bird", "cat", "dog"]
     good = {f"train/{cls}/{i}.jpg": jpeg(10 * k + i) for k, cls in enumerate(classes) for i in range(6)}
-    good.update({f"test/{c}/t{i}.jpg": jpeg(100 + 10 * k + i) for k, c in enumerate(classes) for i in range(2)})
+    good.update({f"test/{c}/t{i}.jpg": jpeg(100 + 10 * k + i) for k, c in enumerate(classes)
+                 for i in range(2)})
     bad = {
         "train/cat/corrupt.jpg": jpeg(99)[:-200],  # cut inside the scan data
         "train/cat/empty.jpg": b"",

@@ -78,10 +78,17 @@ def test_corrupt_images_are_skipped_and_reported(trained_run):
 
 
 def test_checkpoints_pruned_to_best_k_plus_latest(trained_run):
+    """Ray Train keeps the best K by val_accuracy plus the latest. Across a worker
+    group restart it may keep one more (the checkpoint it restored from is
+    pinned while the new group starts), so the bound allows that one."""
     cfg, result = trained_run
     refs = ckpt.list_checkpoints(result.run_uri)
-    assert 1 <= len(refs) <= cfg.keep_checkpoints + 1
+    assert 1 <= len(refs) <= cfg.keep_checkpoints + 2 < cfg.epochs
     assert refs[-1].epoch == cfg.epochs  # the latest is always kept
+    history = json.loads(storage.read_text(f"{result.run_uri}/history.json"))["epochs"]
+    best_epochs = sorted(history, key=lambda h: (h["val_accuracy"], h["epoch"]))[-cfg.keep_checkpoints:]
+    kept = {r.epoch for r in refs}
+    assert {h["epoch"] for h in best_epochs} <= kept, (kept, best_epochs)
     best = ckpt.resolve(result.run_uri)
     assert best.score == max(r.score for r in refs)
 
