@@ -284,6 +284,11 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
 
     if not records:
         return None, 0, []
+    # Listings come sorted by class folder: blocks cut from that order each hold
+    # one class, and per-epoch block shuffling plus a local buffer cannot undo it
+    # (batches of a single class; BatchNorm-heavy nets then do not learn). A
+    # deterministic hash order mixes classes within every block.
+    records = sorted(records, key=lambda r: _unit_hash(r.get("rel", r["path"]), 7919))
     ds = ray.data.from_items(records, override_num_blocks=_num_blocks(len(records), rows_per_block))
     if not cache:
         ds = ds.map_batches(DecodeImages(decode), batch_size=DECODE_BATCH, batch_format="numpy")
@@ -345,6 +350,7 @@ def _array_dataset(images: np.ndarray, records: list[dict], decode: DecodeConfig
 
     if not records:
         return None
+    records = sorted(records, key=lambda r: _unit_hash(r["rel"], 7919))  # mix classes across blocks (see _decoded)
     idx = np.array([r["index"] for r in records])
     imgs = _as_rgb_uint8(np.asarray(images)[idx])
     h, w = decode.image_size

@@ -198,7 +198,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         def dataset_fn(input_context):
             per_replica = input_context.get_per_replica_batch_size(global_batch)
             ds = tf.data.Dataset.from_generator(
-                lambda: shard_batches(shard, per_replica, shuffle_buffer=4 * per_replica if training else 0,
+                lambda: shard_batches(shard, per_replica, shuffle_buffer=max(256, 4 * per_replica) if training else 0,
                                       drop_last=training),
                 output_signature=(tf.TensorSpec((None, *image_size, 3), tf.uint8), tf.TensorSpec((None,), tf.int64)),
             )
