@@ -396,11 +396,21 @@ _TIMED = (_STEP_LOOP, """\
               + ", ".join(f"{k} {v / wall_ab:.2f}" for k, v in by_thread if v / wall_ab >= 0.005), flush=True)
 """)
 
+# tf.data autotuning off for the per-worker pipeline: its model thread (Model::OptimizeLoop) sleeps
+# in periods that double up to 60 s, and destroying the epoch's iterator waits for it to wake up.
+_AUTOTUNE_OFF = ("            options.experimental_distribute.auto_shard_policy = "
+                 "tf.data.experimental.AutoShardPolicy.OFF\n",
+                 "            options.experimental_distribute.auto_shard_policy = "
+                 "tf.data.experimental.AutoShardPolicy.OFF\n"
+                 "            options.autotune.enabled = False\n")
+
 VARIANTS = {
     # name: (description, replacements, workers it is run with)
     "timed": ("imgrec loop + data-wait/step timer", [_TIMED]),
     "threads=cpus": ("intra-op = 2 // workers, inter-op = 1", "threads"),
     "nosync": ("no per-step float() syncs", [_NO_SYNC]),
+    "autotune=off": ("tf.data options.autotune.enabled = False", [_AUTOTUNE_OFF]),
+    "autotune=off+timed": ("autotune off + data-wait/step timer", [_AUTOTUNE_OFF, _TIMED]),
     "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2",
                           [("return ds.with_options(options).prefetch(2)",
                             "return ds.with_options(options).prefetch(tf.data.AUTOTUNE)")]),
