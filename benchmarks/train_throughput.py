@@ -1,29 +1,37 @@
 """Training throughput: imgrec (Ray Train + MultiWorkerMirroredStrategy loop) on 1 and
 2 workers against plain single-process Keras ``model.fit`` on the same images in memory.
 
-    .venv/bin/python benchmarks/train_throughput.py                 # the standard table
-    .venv/bin/python benchmarks/train_throughput.py --variants all  # + loop experiments
+    .venv/bin/python benchmarks/train_throughput.py                     # the standard table
+    .venv/bin/python benchmarks/train_throughput.py --rounds 2          # interleaved repeats
+    .venv/bin/python benchmarks/train_throughput.py --variants "persistent-iterator@1,timed@2"
 
 Same 128x128 synthetic JPEGs (``synth.make_dataset``), same model (``--model``,
 default small_cnn), same global batch (32), augmentation none, same epochs (3).
 The imgrec runs read the images with the data plane (``load_dataset``, decoded once
-and shared by every run); the plain run takes the same decoded pixels as numpy
-arrays (``take_arrays``). Per run it reports:
+before the runs and shared by all of them; no validation split); the plain run takes
+the same decoded pixels as numpy arrays (``take_arrays``). Per run it reports:
 
-* startup: ``train()`` call (plain: model build) to the end of epoch 1, and the part
-  of it before the first step (startup - epoch-1 train time);
+* start-up: ``train()`` call (plain: model build) to the end of epoch 1, and its part
+  before the first step ("pre-step" = start-up - epoch-1 train time). The plain
+  figure excludes importing TensorFlow (printed once in the header);
 * epoch-1 images/s (tf.function tracing included) and steady images/s (mean of
-  epochs >= 2, from the loop's own ``train_time_s``);
-* CPU ms per image in the steady epochs (this process and all its descendants: a
-  figure that shifts less than wall time when the machine is shared);
+  epochs >= 2, from the loop's own ``train_time_s``, which excludes checkpointing);
+* CPU ms per image between the ends of epoch 1 and of the last epoch, for every
+  process (checkpoints included, the benchmark's own sampler excluded) and for the
+  Ray Train workers alone; on a shared machine this moves far less than images/s;
 * peak RSS: sum over this process and every process it started (the Ray cluster
-  included; shared object-store pages are counted once per mapping process),
-  sampled every 0.2 s; for the plain run, this process alone.
+  included; shared pages such as the object store count once per process mapping
+  them), sampled every 0.5 s; PSS (shared pages split between their users) at the
+  epoch ends. For the plain run, this process alone;
+* per run, where the steady-state CPU went (cores busy per Ray process kind) and
+  the RSS per process kind at the peak.
 
-``--variants`` runs copies of imgrec's worker loop with one change each (TF thread
-pools, per-step host syncs, prefetch depth, a data-wait/compute timer), built by
+``--variants`` runs copies of imgrec's worker loop with one change each (see
+VARIANTS: TF thread pools, per-step host syncs, prefetch depth, tf.data autotune,
+one iterator for the whole run, a data-wait/step/iterator-teardown timer), built by
 patching the source of ``imgrec.train._train_loop_per_worker`` at run time; imgrec
-itself is not modified. The machine's load average is printed beside the figures.
+itself is not modified, and a variant whose text no longer matches fails loudly.
+``--table-from`` re-prints the tables of earlier ``--json`` files.
 """
 
 from __future__ import annotations
@@ -404,12 +412,34 @@ _AUTOTUNE_OFF = ("            options.experimental_distribute.auto_shard_policy 
                  "tf.data.experimental.AutoShardPolicy.OFF\n"
                  "            options.autotune.enabled = False\n")
 
+def _epochs(training: bool, batches, *args, **kwargs):
+    """For the persistent-iterator variant: the training generator runs the shard's
+    epochs back to back, so one tf.data iterator lives for the whole run."""
+    if not training:
+        yield from batches(*args, **kwargs)
+        return
+    while True:
+        yield from batches(*args, **kwargs)
+
+
+# One distributed iterator for the whole run and exactly steps_per_epoch batches per
+# epoch (Ray's equal split gives every worker that many full batches): no iterator is
+# torn down between epochs.
+_PERSISTENT = [
+    ("lambda: shard_batches(", "lambda: _epochs(training, shard_batches, "),
+    ("    train_data = dist_dataset(train_shard, training=True)\n",
+     "    train_data = dist_dataset(train_shard, training=True)\n    train_iter = iter(train_data)\n"),
+    ("        for i, batch in enumerate(train_data):\n",
+     "        for i, batch in zip(range(steps_per_epoch), train_iter):\n"),
+]
+
 VARIANTS = {
     # name: (description, replacements, workers it is run with)
     "timed": ("imgrec loop + data-wait/step timer", [_TIMED]),
-    "threads=cpus": ("intra-op = 2 // workers, inter-op = 1", "threads"),
+    "threads=cpus": ("intra-op = physical cores // workers, inter-op = 1", "threads"),
     "nosync": ("no per-step float() syncs", [_NO_SYNC]),
     "autotune=off": ("tf.data options.autotune.enabled = False", [_AUTOTUNE_OFF]),
+    "persistent-iterator": ("one tf.data iterator for all epochs", _PERSISTENT),
     "autotune=off+timed": ("autotune off + data-wait/step timer", [_AUTOTUNE_OFF, _TIMED]),
     "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2",
                           [("return ds.with_options(options).prefetch(2)",
@@ -428,6 +458,7 @@ def build_loop(name: str, replacements: list[tuple[str, str]]):
         src = src.replace(old, new)
     ns = dict(vars(T))
     ns["__name__"] = "__main__"
+    ns["_epochs"] = _epochs
     import __future__
 
     code = compile(src, f"<train_throughput variant {name}>", "exec",
@@ -442,7 +473,7 @@ def build_loop(name: str, replacements: list[tuple[str, str]]):
 def variant_loop(name: str, workers: int):
     desc, spec = VARIANTS[name]
     if spec == "threads":
-        spec = [_threads(str(max(1, 2 // workers)), "1")]
+        spec = [_threads(str(max(1, (psutil.cpu_count(logical=False) or 2) // workers)), "1")]
     return desc, build_loop(name, spec)
 
 
