@@ -92,6 +92,21 @@ def _make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     return optimizers[cfg.optimizer]()
 
 
+def _stretch_cosine_schedule(optimizer, total_steps: int, say) -> None:
+    """``--resume --epochs N`` makes the run N epochs long. A cosine schedule saved
+    with the old length would sit at zero for every added epoch (the optimizer step
+    continues past its ``decay_steps``), so it is rebuilt over the new length; the
+    step counter and moment estimates are kept."""
+    import keras
+
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.CosineDecay) or schedule.decay_steps == total_steps:
+        return
+    config = {**schedule.get_config(), "decay_steps": total_steps}
+    optimizer.learning_rate = keras.optimizers.schedules.CosineDecay.from_config(config)
+    say(f"cosine schedule stretched from {schedule.decay_steps} to {total_steps} steps for the new epoch count")
+
+
 def _stage_freeze_depth(cfg: TrainConfig, epoch: int) -> int | str:
     """Two-stage transfer: the whole backbone frozen for the first ``head_epochs``."""
     return "all" if epoch < cfg.head_epochs else cfg.model.freeze_depth
@@ -147,6 +162,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             history = list(manifest.get("history", []))
             say(f"restored epoch {start_epoch} from {source[0]} checkpoint; optimizer step",
                 int(model.optimizer.iterations.numpy()))
+            if model.optimizer is not None:  # a no-op on fault restarts: same length
+                _stretch_cosine_schedule(model.optimizer, steps_per_epoch * cfg.epochs, say)
 
     if model.optimizer is None:
         raise RuntimeError("checkpoint has no optimizer state; cannot resume training from it")

@@ -38,7 +38,7 @@ def test_training_learns_far_above_chance(trained_run):
     _, result = trained_run
     assert result.test_metrics["split"] == "test"
     assert result.test_metrics["count"] == 60
-    assert result.test_metrics["accuracy"] > 0.7, result.test_metrics  # chance is 1/3
+    assert result.test_metrics["accuracy"] > 0.8, result.test_metrics  # chance is 1/3
 
 
 def test_ray_data_actor_reloads_checkpoint_and_predicts(trained_run):
@@ -153,6 +153,8 @@ def test_resume_continues_epochs_and_optimizer_state(trained_run):
     assert latest.manifest["optimizer_iterations"] == before.manifest["optimizer_iterations"] + steps_per_epoch
     model = ckpt.load_model(latest.uri)
     assert int(model.optimizer.iterations.numpy()) == latest.manifest["optimizer_iterations"]
+    if cfg.lr_schedule == "cosine":  # stretched over the new length, not stuck at zero for the added epoch
+        assert model.optimizer._learning_rate.decay_steps == steps_per_epoch * (cfg.epochs + 1)
 
 
 def test_course_cifar_path_on_in_memory_arrays(ray_cluster, bucket):
