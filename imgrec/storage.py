@@ -127,11 +127,13 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem on the configured endpoint and the default credential chain.
 
     No keys are passed in: the filesystem is pickled into Ray's state, and keys
-    there would leak into logs and checkpoints."""
+    there would leak into logs and checkpoints. Bucket creation stays off: Ray
+    creates its storage folders through this filesystem, and a mistyped bucket
+    must fail (``check_bucket`` explains it up front), not appear on the account."""
     url = endpoint_url(endpoint)
     kwargs: dict[str, Any] = dict(
         region=region(),
-        allow_bucket_creation=True,
+        allow_bucket_creation=False,
         allow_bucket_deletion=False,
         connect_timeout=CONNECT_TIMEOUT_S,
     )

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,14 @@ def _make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     return optimizers[cfg.optimizer]()
 
 
+def _worker_echo(message: str) -> None:
+    """One line from a Train worker to the driver, once. Train V2 patches ``print`` to
+    log through Train's logger and also tee to the stdout wrapper Ray gives workers,
+    so printed lines reached the driver twice; writing to the stream skips the patch."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def _stretch_cosine_schedule(optimizer, total_steps: int, say) -> None:
     """``--resume --epochs N`` makes the run N epochs long. A cosine schedule saved
     with the old length would sit at zero for every added epoch (the optimizer step
@@ -126,7 +135,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run = loop_config["run_uri"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    say = (lambda *a: print(f"[imgrec] {' '.join(str(x) for x in a)}", flush=True)) if rank == 0 else (lambda *a: None)
+    say = (lambda *a: _worker_echo(f"[imgrec] {' '.join(str(x) for x in a)}")) if rank == 0 else (lambda *a: None)
 
     keras.utils.set_random_seed(cfg.seed)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -434,7 +443,7 @@ def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, run: str) -> No
     if storage.exists(marker):
         return
     storage.atomic_write(marker, f"worker {rank} killed in epoch {epoch + 1}\n")
-    print(f"[imgrec] fault injection: killing worker {rank} in epoch {epoch + 1}", flush=True)
+    _worker_echo(f"[imgrec] fault injection: killing worker {rank} in epoch {epoch + 1}")
     os._exit(1)
 
 

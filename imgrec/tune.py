@@ -300,6 +300,7 @@ def _prepare(cfg: SweepConfig) -> SweepConfig:
     if cfg.resume and not cfg.name:
         raise ConfigError("resume needs the sweep's name (--name) and storage (--storage)")
     cfg = replace(cfg, storage=storage.normalize(cfg.storage), name=cfg.name or default_run_name("sweep"))
+    storage.check_bucket(cfg.storage)  # a missing bucket fails here, with what to do
     saved = storage.join(sweep_uri(cfg), SWEEP_FILE)
     if storage.exists(saved):
         if not cfg.resume:

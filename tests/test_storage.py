@@ -234,6 +234,16 @@ def test_missing_bucket_is_named_with_the_fix(s3_server, tmp_path):
         assert "aws s3 mb s3://no-such-bucket-xyz" in message, name
 
 
+def test_ray_storage_filesystem_never_creates_a_bucket(s3_server):
+    """Ray Train and Tune create their folders through this filesystem: a mistyped
+    bucket in ``--storage`` must fail, not appear on the account."""
+    fs, path = storage.resolve("s3://no-such-bucket-xyz/runs")
+    with pytest.raises(OSError, match="no-such-bucket-xyz"):
+        fs.create_dir(f"{path}/run-1/checkpoint_000000", recursive=True)
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.check_bucket("s3://no-such-bucket-xyz/runs")
+
+
 def test_missing_credentials_are_named_with_the_fix(bucket, tmp_path, monkeypatch):
     storage.atomic_write(f"{bucket}/k.txt", b"x")  # with the test credentials
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
