@@ -65,14 +65,12 @@ def test_frozen_layers_bit_identical_unfrozen_changed(transfer_demo):
     assert frozen_checked > 0 and changed > 0
 
 
-@pytest.mark.slow
 def test_transfer_beats_same_budget_from_scratch(transfer_demo, scratch_run):
-    """Slow: a fourth Train launch, and at the default suite's tiny budget (32x32,
-    8 pretraining epochs) the margin over scratch is a few points, too close to
-    noise to gate every CI run on."""
+    """Task B's 4 epochs from task A's weights against the same 4 epochs from random
+    weights (one more Train launch). Measured: 0.94 and 0.69 against 0.33 (chance) twice."""
     transferred = transfer_demo.transfer.test_metrics["accuracy"]
     scratch = scratch_run.test_metrics["accuracy"]
-    assert transferred > scratch, (transferred, scratch)
+    assert transferred > scratch + 0.2, (transferred, scratch)
 
 
 def test_transfer_report_and_evaluation(transfer_demo):
