@@ -23,7 +23,6 @@ import concurrent.futures as futures
 import hashlib
 import io
 import logging
-import os
 import posixpath
 import threading
 from collections import Counter
@@ -69,11 +68,15 @@ def _layout(root: str) -> str:
     )
 
 
+def _path_reasons(items: list[dict[str, str]], n: int) -> str:
+    """``path (reason); ...`` for the first ``n`` of a bad-file list, for error messages."""
+    return "; ".join(f"{i['path']} ({i['reason']})" for i in items[:n])
+
+
 def _examples(skipped: list[dict[str, str]], n: int = 3) -> str:
     if not skipped:
         return ""
-    shown = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:n])
-    return f" Skipped {len(skipped)} file(s), e.g. {shown}."
+    return f" Skipped {len(skipped)} file(s), e.g. {_path_reasons(skipped, n)}."
 
 
 def list_image_tree(uri: str) -> ImageTree:
@@ -209,17 +212,24 @@ class DecodeImages:
         except BadImage as exc:
             return None, exc.reason
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(p) for p in batch["path"]]
+    def _results(self, paths: list[str]) -> Iterator[tuple[np.ndarray | None, str]]:
+        """``_one`` for every path, in order, read on ``io_threads`` threads."""
         if len(paths) > 1 and self.io_threads > 1:
             with futures.ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                results = list(pool.map(self._one, paths))
+                yield from pool.map(self._one, paths)
         else:
-            results = [self._one(p) for p in paths]
+            yield from map(self._one, paths)
+
+    def errors(self, paths: list[str]) -> list[str]:
+        """Each file's read or decode error ('' when it decodes); pixels are not kept."""
+        return [err for _, err in self._results(paths)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
         h, w = self.decode.image_size
         images = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
         errors = []
-        for i, (img, err) in enumerate(results):
+        for i, (img, err) in enumerate(self._results(paths)):
             if img is not None:
                 images[i] = img
             errors.append(err)
@@ -320,9 +330,7 @@ def _missing_reasons(records: list[dict], good, decode: DecodeConfig) -> list[di
     here (bad files are few; a tree of nothing but bad files stops at RECHECK_LIMIT)."""
     kept = {str(r["path"]) for r in good.select_columns(["path"]).take_all()}
     missing = [r["path"] for r in records if r["path"] not in kept]
-    checker = DecodeImages(decode)
-    with futures.ThreadPoolExecutor(checker.io_threads) as pool:
-        errors = [err for _, err in pool.map(checker._one, missing[:RECHECK_LIMIT])]
+    errors = DecodeImages(decode).errors(missing[:RECHECK_LIMIT])
     bad = [
         {"path": path, "reason": err or "failed in a Ray worker but reads fine now (a transient read error?)"}
         for path, err in zip(missing, errors, strict=False)
@@ -425,12 +433,16 @@ def _array_class_names(cfg: DataConfig, labels: np.ndarray, class_names: list[st
         names = list(CIFAR10_CLASSES)
     else:
         names = [str(i) for i in range(int(np.max(labels)) + 1)]
+    _check_label_range(labels, names, "array labels")
+    return names
+
+
+def _check_label_range(labels: np.ndarray, names: list[str], what: str) -> None:
     if len(labels) and (int(np.min(labels)) < 0 or int(np.max(labels)) >= len(names)):
         raise DataError(
-            f"array labels run from {int(np.min(labels))} to {int(np.max(labels))}, but there are "
+            f"{what} run from {int(np.min(labels))} to {int(np.max(labels))}, but there are "
             f"{len(names)} class names; labels must index class_names"
         )
-    return names
 
 
 def _load_arrays(cfg: DataConfig, arrays: tuple, class_names: list[str] | None) -> ImageDataset:
@@ -477,8 +489,7 @@ def load_dataset(
     train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache)
     if n_train == 0:
         raise DataError(
-            f"{tree.root}: every training image failed to decode; first bad files: "
-            + "; ".join(f"{b['path']} ({b['reason']})" for b in train_bad[:5])
+            f"{tree.root}: every training image failed to decode; first bad files: {_path_reasons(train_bad, 5)}"
         )
     val, n_val, val_bad = _decoded(val_recs, decode, cache=cfg.cache)
     test, n_test, test_bad = _decoded(tree.test, decode, cache=cfg.cache)
@@ -601,7 +612,6 @@ def take_arrays(ds, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, l
     if not images:
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int64), []
     return np.concatenate(images), np.concatenate(labels), paths
-
 
 
 # --------------------------------------------------------------------------- inspecting a tree
@@ -833,9 +843,7 @@ def _decode_errors_ray(paths: list[str], decode: DecodeConfig) -> list[dict[str,
 
 
 def _decode_errors_local(paths: list[str], decode: DecodeConfig, io_threads: int) -> list[dict[str, str]]:
-    checker = DecodeImages(decode, io_threads=io_threads)
-    with futures.ThreadPoolExecutor(max(1, io_threads)) as pool:
-        errors = [err for _, err in pool.map(checker._one, paths)]
+    errors = DecodeImages(decode, io_threads=io_threads).errors(paths)
     return [{"path": p, "reason": e} for p, e in zip(paths, errors, strict=True) if e]
 
 
@@ -865,7 +873,7 @@ def export_arrays(
     if x_te is not None and len(x_te):
         splits["test"] = (x_te, y_te)
     checked = {split: _checked_arrays(x, y, names, split) for split, (x, y) in splits.items()}
-    out = _empty_destination(uri, overwrite)
+    out = storage.empty_destination(uri, overwrite=overwrite, what="the image tree", error=DataError)
 
     def items():
         for split, (images, labels) in checked.items():
@@ -910,11 +918,7 @@ def _checked_arrays(images, labels, names: list[str], split: str) -> tuple[np.nd
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if len(images) != len(labels):
         raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise DataError(
-            f"{split}: labels run from {labels.min()} to {labels.max()}, "
-            f"but there are {len(names)} class names"
-        )
+    _check_label_range(labels, names, f"{split}: labels")
     return images, labels
 
 
@@ -925,21 +929,3 @@ def _png(image: np.ndarray) -> bytes:
     # compress_level 1: several times faster than the default and still lossless.
     Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def _empty_destination(uri: str, overwrite: bool) -> str:
-    """The normalised destination, checked empty (or emptied, with ``overwrite``)."""
-    out = storage.normalize(uri)
-    storage.check_bucket(out)  # a missing bucket fails here, before any work
-    if storage.is_s3(out) or os.path.isdir(out):
-        first = next(iter(storage.list_objects(out)), None)
-        if first is not None:
-            if not overwrite:
-                raise DataError(
-                    f"{out}: already holds files (e.g. {first.path}); choose an empty destination "
-                    "or pass overwrite=True (--overwrite) to replace them"
-                )
-            storage.delete_prefix(out)
-    elif os.path.exists(out):
-        raise DataError(f"{out}: is a file; give a folder or s3:// prefix for the image tree")
-    return out

@@ -34,8 +34,9 @@ class DemoResult:
 
 def transfer_config(data_uri: str, runs_uri: str, weights_uri: str, *, freeze_depth: int, epochs: int = 4,
                     image_size=(64, 64), alpha: float = 0.25, workers: int = 2, run_name: str = "transfer-b",
-                    **overrides) -> TrainConfig:
-    """The fine-tuning run of the demo: what ``jobs/transfer.py`` parses its arguments into."""
+                    learning_rate: float = 1e-3, **overrides) -> TrainConfig:
+    """A MobileNet run of the demo: the fine-tuning on task B (what ``jobs/transfer.py``
+    parses its arguments into), and with ``weights_uri="none"`` the pretraining on A."""
     return TrainConfig(
         data=DataConfig(uri=data_uri, decode=DecodeConfig(image_size=tuple(image_size))),
         model=ModelConfig(name="mobilenet", alpha=alpha, weights=weights_uri, freeze_depth=freeze_depth,
@@ -46,7 +47,7 @@ def transfer_config(data_uri: str, runs_uri: str, weights_uri: str, *, freeze_de
         workers=workers,
         batch_size=16,  # task B is small: more, smaller steps
         epochs=epochs,
-        learning_rate=1e-3,
+        learning_rate=learning_rate,
         **overrides,
     )
 
@@ -79,15 +80,13 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
                                 b_per_class=b_per_class)
 
     print(f"[demo] 2/3 pretraining MobileNet on task A ({a_classes} colours)", flush=True)
-    pretrain = train(TrainConfig(
-        data=DataConfig(uri=task_a, decode=DecodeConfig(image_size=tuple(image_size))),
-        model=ModelConfig(name="mobilenet", alpha=alpha, weights="none", freeze_depth=0, bn_momentum=0.9),
-        augment=AugmentConfig(horizontal_flip=True),
-        storage=runs, run_name=f"pretrain-a-{stamp}", workers=workers, batch_size=16, epochs=pretrain_epochs,
+    pretrain = train(transfer_config(
+        task_a, runs, "none", freeze_depth=0, epochs=pretrain_epochs, image_size=image_size, alpha=alpha,
+        workers=workers, run_name=f"pretrain-a-{stamp}",
         # From scratch, MobileNet needs a high rate to learn in a few hundred steps:
         # on task A at 32x32, 8 epochs reached 0.22 test accuracy at 1e-3 (chance
         # 0.17), 0.58 at 1e-2 and 0.67 at 3e-2, with cosine decay.
-        learning_rate=3e-2, lr_schedule="cosine", report=True,
+        learning_rate=3e-2, lr_schedule="cosine",
     ))
     weights_uri = storage.join(root, "weights", f"mobilenet_{alpha:g}_{image_size[0]}_task_a.weights.h5")
     models.save_backbone_weights(checkpoint.load_model(pretrain.best_checkpoint, compile=False), weights_uri)

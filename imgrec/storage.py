@@ -588,6 +588,27 @@ def _safe_relpath(rel: str) -> str:
     return "/".join(parts)
 
 
+def empty_destination(uri: str, *, overwrite: bool, what: str = "the output",
+                      error: type[Exception] = StorageError) -> str:
+    """The normalised destination for a tree of new files, checked empty (or emptied,
+    with ``overwrite``). A missing bucket fails here, before any work; ``error`` lets
+    callers raise their own error type."""
+    out = normalize(uri)
+    check_bucket(out)
+    if is_s3(out) or os.path.isdir(out):
+        first = next(iter(list_objects(out)), None)
+        if first is not None:
+            if not overwrite:
+                raise error(
+                    f"{out}: already holds files (e.g. {first.path}); choose an empty destination "
+                    "or pass overwrite=True (--overwrite) to replace them"
+                )
+            delete_prefix(out)
+    elif os.path.exists(out):
+        raise error(f"{out}: is a file; give a folder or s3:// prefix for {what}")
+    return out
+
+
 def delete_prefix(uri: str) -> int:
     """Delete every object under a prefix (or a local folder). Returns the count."""
     uri = normalize(uri)

@@ -144,7 +144,8 @@ def make_dataset(
         # JPEG encoder to spend their time outside the GIL.
         threads = (os.cpu_count() or 1) if height * width >= 128 * 128 else 1
     threads = _check_count("threads", threads, minimum=1)
-    out = _prepare_destination(out_uri, overwrite)  # last: it may delete, so only after every check
+    # Last: it may delete, so only after every check.
+    out = storage.empty_destination(out_uri, overwrite=overwrite, what="the dataset")
 
     counts = {"train": per_class, "test": test_per_class}
     jobs = [(split, kind, i) for split in SPLITS for kind in kinds for i in range(counts[split])]
@@ -251,23 +252,6 @@ def _kinds(task: str, classes: int) -> list[str]:
 def _orientation_name(degrees: float) -> str:
     named = {0.0: "horizontal", 45.0: "diagonal", 90.0: "vertical", 135.0: "antidiagonal"}
     return named.get(round(degrees, 6), f"angle{round(degrees):03d}")
-
-
-def _prepare_destination(out_uri: str, overwrite: bool) -> str:
-    out = storage.normalize(out_uri)
-    storage.check_bucket(out)  # a missing bucket fails here, before any work
-    if storage.is_s3(out) or os.path.isdir(out):
-        existing = next(iter(storage.list_objects(out)), None)
-        if existing is not None:
-            if not overwrite:
-                raise storage.StorageError(
-                    f"{out}: already holds files (e.g. {existing.path}); choose an empty destination "
-                    "or pass overwrite=True (--overwrite) to replace it"
-                )
-            storage.delete_prefix(out)
-    elif os.path.exists(out):
-        raise storage.StorageError(f"{out}: is a file; give a folder or s3:// prefix for the dataset")
-    return out
 
 
 # --------------------------------------------------------------------------- writing

@@ -75,9 +75,8 @@ def _make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import keras
 
     lr: Any = cfg.learning_rate
-    total = max(1, steps_per_epoch * cfg.epochs)
     if cfg.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total)
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=_total_steps(cfg, steps_per_epoch))
     elif cfg.lr_schedule == "exponential":
         lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=max(1, steps_per_epoch),
                                                          decay_rate=0.9)
@@ -93,6 +92,11 @@ def _make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     return optimizers[cfg.optimizer]()
 
 
+def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's length in optimizer steps: what a cosine schedule decays over."""
+    return max(1, steps_per_epoch * cfg.epochs)
+
+
 def _worker_echo(message: str) -> None:
     """One line from a Train worker to the driver, once. Train V2 patches ``print`` to
     log through Train's logger and also tee to the stdout wrapper Ray gives workers,
@@ -105,7 +109,7 @@ def _stretch_cosine_schedule(optimizer, total_steps: int, say) -> None:
     """``--resume --epochs N`` makes the run N epochs long. A cosine schedule saved
     with the old length would sit at zero for every added epoch (the optimizer step
     continues past its ``decay_steps``), so it is rebuilt over the new length; the
-    step counter and moment estimates are kept."""
+    step counter and moment estimates are kept. No optimizer or another schedule: no-op."""
     import keras
 
     schedule = getattr(optimizer, "_learning_rate", None)
@@ -171,8 +175,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             history = list(manifest.get("history", []))
             say(f"restored epoch {start_epoch} from {source[0]} checkpoint; optimizer step",
                 int(model.optimizer.iterations.numpy()))
-            if model.optimizer is not None:  # a no-op on fault restarts: same length
-                _stretch_cosine_schedule(model.optimizer, steps_per_epoch * cfg.epochs, say)
+            _stretch_cosine_schedule(model.optimizer, _total_steps(cfg, steps_per_epoch), say)  # no-op on restarts
 
     if model.optimizer is None:
         raise RuntimeError("checkpoint has no optimizer state; cannot resume training from it")
