@@ -370,3 +370,18 @@ def test_boto3_client_is_shared_across_threads_and_renewed_on_env_change(s3_serv
     assert len({id(c) for c in clients}) == 1
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "other")
     assert storage.boto3_client() is not clients[0]
+
+
+def test_empty_destination_refuses_files_and_non_empty_folders(tmp_path):
+    target = tmp_path / "tree"
+    assert storage.empty_destination(str(target), overwrite=False) == str(target)  # absent: fine
+    (target / "a").mkdir(parents=True)
+    (target / "a" / "x.png").write_bytes(b"x")
+    with pytest.raises(StorageError, match="already holds files .*overwrite=True"):
+        storage.empty_destination(str(target), overwrite=False)
+    storage.empty_destination(str(target), overwrite=True)
+    assert not any(target.rglob("*.png"))  # emptied
+    plain = tmp_path / "file.txt"
+    plain.write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a folder or s3:// prefix for the dataset"):
+        storage.empty_destination(str(plain), overwrite=True, what="the dataset", error=ValueError)
