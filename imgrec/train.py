@@ -150,7 +150,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, loop_config["train_rows"] // world // per_worker)
 
     # ------------------------------------------------------------- model: new, restored or resumed
-    start_epoch, history = 0, []
+    start_epoch, history, restarts = 0, [], []
     restored = ray.train.get_checkpoint()
     source = None
     if restored is not None:
@@ -173,6 +173,9 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 model = keras.models.load_model(os.path.join(local, ckpt.MODEL_FILE), safe_mode=True)
             start_epoch = int(manifest["epoch"])
             history = list(manifest.get("history", []))
+            restarts = read_history(run).get("restarts", [])
+            if source[0] == "ray":  # Ray Train restarted the worker group after a failure
+                restarts = [*restarts, {"from_epoch": start_epoch}]
             say(f"restored epoch {start_epoch} from {source[0]} checkpoint; optimizer step",
                 int(model.optimizer.iterations.numpy()))
             _stretch_cosine_schedule(model.optimizer, _total_steps(cfg, steps_per_epoch), say)  # no-op on restarts
@@ -301,7 +304,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # Every rank sees the same all-reduced loss, so all stop together. The
             # driver raises NonFiniteLossError: a restart would diverge again.
             if rank == 0:
-                _write_history(run, history, status="nonfinite")
+                _write_history(run, history, "nonfinite", restarts)
             ray.train.report({**metrics, "status": "nonfinite"})
             return
 
@@ -317,7 +320,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         improved = metrics["val_accuracy"] > best_val
         best_val, stale = (metrics["val_accuracy"], 0) if improved else (best_val, stale + 1)
         if rank == 0:
-            _write_history(run, history, status="running")
+            _write_history(run, history, "running", restarts)
             if tb_dir:
                 storage.upload_dir(tb_dir, storage.join(run, "tensorboard"), progress=False)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
@@ -334,7 +337,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     storage.atomic_write(storage.join(run, "replicas", f"rank-{rank}.json"),
                          json.dumps({"rank": rank, "weights_sha256": digest}))
     if rank == 0:
-        _write_history(run, history, status="finished")
+        _write_history(run, history, "finished", restarts)
 
 
 def _weights_digest(model) -> dict[str, str]:
@@ -429,8 +432,11 @@ def _save_for_all_stages(model, cfg: TrainConfig, stage, directory: str, manifes
         ckpt.write_checkpoint(model, directory, manifest)
 
 
-def _write_history(run: str, history: list[dict], status: str) -> None:
-    storage.atomic_write(storage.join(run, HISTORY_FILE), json.dumps({"status": status, "epochs": history}, indent=1))
+def _write_history(run: str, history: list[dict], status: str, restarts: list[dict]) -> None:
+    """The run's own record: every epoch, and each time Ray Train restarted the
+    worker group from a checkpoint (``restarts``: the epoch it resumed after)."""
+    record = {"status": status, "epochs": history, "restarts": restarts}
+    storage.atomic_write(storage.join(run, HISTORY_FILE), json.dumps(record, indent=1))
 
 
 def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, run: str) -> None:
@@ -446,6 +452,11 @@ def _maybe_inject_fault(cfg: TrainConfig, epoch: int, rank: int, run: str) -> No
     if storage.exists(marker):
         return
     storage.atomic_write(marker, f"worker {rank} killed in epoch {epoch + 1}\n")
+    # Train V2's controller learns of a reported checkpoint when it next polls the
+    # workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). Dying right
+    # after the report would restart the group from scratch, not from that
+    # checkpoint, and the test would not exercise recovery; so wait two polls.
+    time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
     _worker_echo(f"[imgrec] fault injection: killing worker {rank} in epoch {epoch + 1}")
     os._exit(1)
 

@@ -65,6 +65,8 @@ def test_killed_worker_is_recovered_and_run_finishes(trained_run):
     assert storage.exists(f"{result.run_uri}/.fault-injected")  # the worker really died
     history = json.loads(storage.read_text(f"{result.run_uri}/history.json"))
     assert history["status"] == "finished"
+    # Restarted from the checkpoint of the epoch before the failure, not from scratch.
+    assert history["restarts"] == [{"from_epoch": cfg.fail_at_epoch - 1}]
     assert [h["epoch"] for h in history["epochs"]] == list(range(1, cfg.epochs + 1))
 
 
