@@ -28,6 +28,7 @@ def history_png(history: list[dict[str, Any]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -35,6 +36,7 @@ def history_png(history: list[dict[str, Any]]) -> bytes:
         ax.plot(epochs, [h[key] for h in history], "o-", label=key)
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label=f"val_{key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5" ticks
         ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
