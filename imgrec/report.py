@@ -103,6 +103,10 @@ def write_run_report(result, cfg) -> str:
         rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]
         sections.append(("Confusion matrix", "<img src='confusion.png' alt='confusion matrix'>"
                          + _table(rows, ["class", "precision", "recall", "support"])))
+    if result.restarts:
+        epochs = ", ".join(str(r["from_epoch"]) for r in result.restarts)
+        sections.append((f"Worker failures ({len(result.restarts)})",
+                         f"<p>Ray Train restarted the worker group from the checkpoint of epoch {epochs}.</p>"))
     if result.bad_files:
         rows = [[b["path"], b["reason"]] for b in result.bad_files[:500]]
         sections.append((f"Skipped files ({len(result.bad_files)})", _table(rows, ["file", "reason"])))

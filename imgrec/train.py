@@ -57,6 +57,7 @@ class RunResult:
     test_metrics: dict[str, Any] = field(default_factory=dict)
     report_uri: str | None = None
     bad_files: list[dict[str, str]] = field(default_factory=list)
+    restarts: list[dict[str, int]] = field(default_factory=list)  # worker-group restarts, from history.json
     elapsed_s: float = 0.0
 
 
@@ -596,6 +597,7 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
         history=latest.manifest["history"],
         class_names=data.class_names,
         bad_files=data.bad_files,
+        restarts=hist.get("restarts", []),
     )
     if cfg.evaluate:
         from imgrec import evaluate

@@ -66,7 +66,8 @@ def test_killed_worker_is_recovered_and_run_finishes(trained_run):
     history = json.loads(storage.read_text(f"{result.run_uri}/history.json"))
     assert history["status"] == "finished"
     # Restarted from the checkpoint of the epoch before the failure, not from scratch.
-    assert history["restarts"] == [{"from_epoch": cfg.fail_at_epoch - 1}]
+    assert history["restarts"] == result.restarts == [{"from_epoch": cfg.fail_at_epoch - 1}]
+    assert "Worker failures (1)" in storage.read_text(result.report_uri)
     assert [h["epoch"] for h in history["epochs"]] == list(range(1, cfg.epochs + 1))
 
 
