@@ -106,7 +106,7 @@ def write_run_report(result, cfg) -> str:
     if result.restarts:
         epochs = ", ".join(str(r["from_epoch"]) for r in result.restarts)
         sections.append((f"Worker failures ({len(result.restarts)})",
-                         f"<p>Ray Train restarted the worker group from the checkpoint of epoch {epochs}.</p>"))
+                         f"<p>Ray Train restarted the worker group from the checkpoint of epoch(s) {epochs}.</p>"))
     if result.bad_files:
         rows = [[b["path"], b["reason"]] for b in result.bad_files[:500]]
         sections.append((f"Skipped files ({len(result.bad_files)})", _table(rows, ["file", "reason"])))

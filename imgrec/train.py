@@ -174,9 +174,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 model = keras.models.load_model(os.path.join(local, ckpt.MODEL_FILE), safe_mode=True)
             start_epoch = int(manifest["epoch"])
             history = list(manifest.get("history", []))
-            restarts = read_history(run).get("restarts", [])
-            if source[0] == "ray":  # Ray Train restarted the worker group after a failure
-                restarts = [*restarts, {"from_epoch": start_epoch}]
+            if rank == 0:  # the only rank that writes history.json
+                restarts = read_history(run).get("restarts", [])
+                if source[0] == "ray":  # Ray Train restarted the worker group after a failure
+                    restarts = [*restarts, {"from_epoch": start_epoch}]
             say(f"restored epoch {start_epoch} from {source[0]} checkpoint; optimizer step",
                 int(model.optimizer.iterations.numpy()))
             _stretch_cosine_schedule(model.optimizer, _total_steps(cfg, steps_per_epoch), say)  # no-op on restarts
