@@ -1,6 +1,6 @@
 """imgrec: distributed image recognition on Ray and Keras 3, images and checkpoints in S3."""
 
-__version__ = "0.1.0"
+from imgrec.version import __version__
 
 
 def load_model(uri: str, **kwargs):

@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imgrec import __version__, storage
+from imgrec import storage
+from imgrec.layout import CheckpointLayout, cache_dir
+from imgrec.version import __version__
 
-MODEL_FILE = "model.keras"
-MANIFEST_FILE = "manifest.json"
+MODEL_FILE = CheckpointLayout.MODEL
+MANIFEST_FILE = CheckpointLayout.MANIFEST
 FORMAT = "imgrec-checkpoint/1"
-CACHE_DIR = os.environ.get("IMGREC_CACHE", os.path.expanduser("~/.cache/imgrec"))
 
 
 class CheckpointError(RuntimeError):
@@ -169,7 +170,7 @@ def local_copy(ref: CheckpointRef) -> str:
     if not storage.is_s3(ref.uri):
         return ref.uri
     key = hashlib.sha1(f"{ref.uri}:{ref.manifest.get('model_sha256')}".encode()).hexdigest()[:16]
-    target = os.path.join(CACHE_DIR, "checkpoints", key)
+    target = os.path.join(cache_dir("checkpoints"), key)
     if os.path.exists(os.path.join(target, MANIFEST_FILE)):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -50,6 +50,7 @@ import keras  # noqa: E402  (after the TF log level, so importing us stays quiet
 
 from imgrec import storage  # noqa: E402
 from imgrec.config import ConfigError, ModelConfig  # noqa: E402
+from imgrec.layout import cache_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -761,8 +762,7 @@ def _weights_kind(weights: str | None) -> str:
 
 
 def weights_cache_dir() -> str:
-    base = os.environ.get("IMGREC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "imgrec")
-    return os.path.join(base, "weights")
+    return cache_dir("weights")
 
 
 def fetch_weights(uri: str) -> str:

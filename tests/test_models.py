@@ -328,7 +328,7 @@ def test_whole_model_weights_and_keras_file_transfer(source_model, tmp_path):
 
 
 def test_backbone_weights_from_s3_are_cached_per_node(source_model, bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("IMGREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMGREC_CACHE", str(tmp_path / "cache"))
     for name in ("w/bb.weights.h5", "w/bb.h5"):
         uri = models.save_backbone_weights(source_model, f"{bucket}/{name}")
         assert storage.exists(uri)

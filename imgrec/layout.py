@@ -1,0 +1,224 @@
+"""Every artefact name and path imgrec writes or reads, in one place.
+
+* ``RunLayout``: a training run, ``<storage>/<run name>/``;
+* ``CheckpointLayout``: one checkpoint folder inside it (Ray names the folder);
+* ``SweepLayout``: a sweep, ``<storage>/<sweep name>/``, with a run per trial;
+* ``PredictionLayout``: a batch-prediction output prefix;
+* ``BaselineLayout``: the hand-made-feature baseline's output folder;
+* ``cache_dir``: the one per-node download cache (checkpoints and weights files),
+  under ``$IMGREC_CACHE`` (default ``~/.cache/imgrec``).
+
+A new artefact is a property here plus the code that writes it; nothing else
+spells a file name. Only ``imgrec.storage`` (no Keras, TensorFlow or Ray) is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from imgrec import storage
+
+CACHE_ENV = "IMGREC_CACHE"
+_LEGACY_CACHE_ENV = "IMGREC_CACHE_DIR"  # read once by the weights cache; still honoured
+
+
+def cache_dir(kind: str) -> str:
+    """The local folder of one kind of download (``checkpoints``, ``weights``)."""
+    base = os.environ.get(CACHE_ENV)
+    if not base and os.environ.get(_LEGACY_CACHE_ENV):
+        warnings.warn(f"{_LEGACY_CACHE_ENV} is deprecated; set {CACHE_ENV} instead", DeprecationWarning, stacklevel=2)
+        base = os.environ[_LEGACY_CACHE_ENV]
+    return os.path.join(base or os.path.join(os.path.expanduser("~"), ".cache", "imgrec"), kind)
+
+
+@dataclass(frozen=True)
+class _Folder:
+    uri: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", storage.normalize(self.uri))
+
+    def _file(self, name: str) -> str:
+        return storage.join(self.uri, name)
+
+
+@dataclass(frozen=True)
+class CheckpointLayout(_Folder):
+    """A checkpoint folder: ``model.keras``, then ``manifest.json`` written last."""
+
+    MODEL = "model.keras"
+    MANIFEST = "manifest.json"
+    FILES = (MODEL, MANIFEST)
+
+    @property
+    def model(self) -> str:
+        return self._file(self.MODEL)
+
+    @property
+    def manifest(self) -> str:
+        return self._file(self.MANIFEST)
+
+
+@dataclass(frozen=True)
+class RunLayout(_Folder):
+    """``<storage>/<run name>/``: Ray's ``checkpoint_*/`` folders plus imgrec's own files."""
+
+    HISTORY = "history.json"
+    EVALUATION = "evaluation.json"
+    REPORT = "report.html"
+    HISTORY_PLOT = "history.png"
+    CONFUSION_PLOT = "confusion.png"
+    TENSORBOARD = "tensorboard"
+    REPLICAS = "replicas"
+    FAULT_MARKER = ".fault-injected"  # written by the test-only fault hook
+
+    @classmethod
+    def of(cls, storage_uri: str, run_name: str) -> RunLayout:
+        return cls(storage.join(storage_uri, run_name))
+
+    @property
+    def name(self) -> str:
+        return storage.basename(self.uri)
+
+    @property
+    def storage(self) -> str:
+        return storage.parent(self.uri)
+
+    @property
+    def history(self) -> str:
+        return self._file(self.HISTORY)
+
+    @property
+    def evaluation(self) -> str:
+        return self._file(self.EVALUATION)
+
+    @property
+    def report(self) -> str:
+        return self._file(self.REPORT)
+
+    @property
+    def history_plot(self) -> str:
+        return self._file(self.HISTORY_PLOT)
+
+    @property
+    def confusion_plot(self) -> str:
+        return self._file(self.CONFUSION_PLOT)
+
+    @property
+    def tensorboard(self) -> str:
+        return self._file(self.TENSORBOARD)
+
+    @property
+    def fault_marker(self) -> str:
+        return self._file(self.FAULT_MARKER)
+
+    def replica(self, rank: int) -> str:
+        """Rank ``rank``'s digest of its final weights."""
+        return storage.join(self.uri, self.REPLICAS, f"rank-{rank}.json")
+
+
+@dataclass(frozen=True)
+class SweepLayout(_Folder):
+    """``<storage>/<sweep name>/``: the sweep's config and results, a run per trial."""
+
+    CONFIG = "sweep.json"
+    BEST = "best.json"
+    RESULTS_CSV = "results.csv"
+    RESULTS_PARQUET = "results.parquet"
+    PLOT = "sweep.png"
+    EVALUATION = "evaluation.json"
+    TRIALS = "trials"
+
+    @classmethod
+    def of(cls, storage_uri: str, sweep_name: str) -> SweepLayout:
+        return cls(storage.join(storage_uri, sweep_name))
+
+    @property
+    def config(self) -> str:
+        return self._file(self.CONFIG)
+
+    @property
+    def best(self) -> str:
+        return self._file(self.BEST)
+
+    @property
+    def results_csv(self) -> str:
+        return self._file(self.RESULTS_CSV)
+
+    @property
+    def results_parquet(self) -> str:
+        return self._file(self.RESULTS_PARQUET)
+
+    @property
+    def plot(self) -> str:
+        return self._file(self.PLOT)
+
+    @property
+    def evaluation(self) -> str:
+        return self._file(self.EVALUATION)
+
+    @property
+    def trials(self) -> str:
+        """The storage of the trials' runs (each trial is a run named after it)."""
+        return self._file(self.TRIALS)
+
+    def trial(self, trial_name: str) -> RunLayout:
+        return RunLayout.of(self.trials, trial_name)
+
+
+@dataclass(frozen=True)
+class PredictionLayout(_Folder):
+    """A batch-prediction output prefix."""
+
+    PREDICTIONS = "predictions"
+    SUMMARY = "summary.json"
+    JOB = "_job.json"
+    PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+
+    @property
+    def predictions(self) -> str:
+        return self._file(self.PREDICTIONS)
+
+    @property
+    def summary(self) -> str:
+        return self._file(self.SUMMARY)
+
+    @property
+    def job(self) -> str:
+        return self._file(self.JOB)
+
+    @classmethod
+    def part_name(cls, digest: str) -> str:
+        return f"{cls.PART_PREFIX}{digest}{cls.PART_SUFFIX}"
+
+    @classmethod
+    def is_part(cls, relative_path: str) -> bool:
+        """A part file directly under ``predictions/``."""
+        return (relative_path.startswith(cls.PART_PREFIX) and relative_path.endswith(cls.PART_SUFFIX)
+                and "/" not in relative_path)
+
+    def part(self, name: str) -> str:
+        return storage.join(self.predictions, name)
+
+
+@dataclass(frozen=True)
+class BaselineLayout(_Folder):
+    """The hand-made-feature baseline's output folder."""
+
+    RESULT = "baseline.json"
+    BOUNDARY_PLOT = "decision_boundary.png"
+    REPORT = "baseline.html"
+
+    @property
+    def result(self) -> str:
+        return self._file(self.RESULT)
+
+    @property
+    def boundary_plot(self) -> str:
+        return self._file(self.BOUNDARY_PLOT)
+
+    @property
+    def report(self) -> str:
+        return self._file(self.REPORT)
