@@ -175,7 +175,7 @@ def run_imgrec(path: str, uri: str, sampler: Sampler) -> list[dict]:
 
     from imgrec import data
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
-    from imgrec.train import ensure_ray
+    from imgrec.runtime import ensure_ray
 
     out = []
     with sampler.phase() as ph:

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                       for _ in range(args.repeat)]) for name, u, read, decode in plain]
         del model
 
-        from imgrec.train import ensure_ray
+        from imgrec.runtime import ensure_ray
 
         ensure_ray()
         import ray

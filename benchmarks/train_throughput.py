@@ -26,11 +26,10 @@ the same decoded pixels as numpy arrays (``take_arrays``). Per run it reports:
 * per run, where the steady-state CPU went (cores busy per Ray process kind) and
   the RSS per process kind at the peak.
 
-``--variants`` runs copies of imgrec's worker loop with one change each (see
-VARIANTS: TF thread pools, per-step host syncs, prefetch depth, tf.data autotune,
-one iterator for the whole run, a data-wait/step/iterator-teardown timer), built by
-patching the source of ``imgrec.train._train_loop_per_worker`` at run time; imgrec
-itself is not modified, and a variant whose text no longer matches fails loudly.
+``--variants`` runs imgrec's worker loop with one change each (see VARIANTS: TF
+thread pools, prefetch depth, tf.data autotune, one iterator for the whole run, a
+per-thread CPU hook), through ``train(cfg, loop_options=..., hooks=[...])``; the
+loop's own per-epoch record gives the data wait and every hook's time.
 ``--table-from`` re-prints the tables of earlier ``--json`` files.
 """
 
@@ -38,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import inspect
 import json
 import os
 import platform
 import shutil
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 
@@ -59,6 +56,8 @@ try:
 except ImportError:  # not installed on its own: Ray ships it (ray/thirdparty_files), on the path after `import ray`
     import ray  # noqa: F401, I001  (first: it puts its copy of psutil on the path)
     import psutil
+
+from imgrec.hooks import Hook  # noqa: E402  (no TensorFlow: the env above is set first anyway)
 
 # --------------------------------------------------------------------------- sampling
 
@@ -265,9 +264,10 @@ def _mean(v):
     return sum(v) / len(v)
 
 
-def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, loop_env=None) -> dict:
+def run_imgrec(data, args, workers: int, label: str, runs_dir: str, options=None, hooks=None) -> dict:
     import imgrec.train as T
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+    from imgrec.layout import RunLayout
 
     cfg = TrainConfig(
         data=DataConfig(uri=data.source, validation_split=0.0,
@@ -277,19 +277,15 @@ def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, l
         workers=workers, cpus_per_worker=1.0, batch_size=args.batch_size, epochs=args.epochs,
         keep_checkpoints=1, max_failures=0, evaluate=False, report=False,
     )
-    history_path = os.path.join(runs_dir, cfg.run_name, T.HISTORY_FILE)
-    original = T._train_loop_per_worker
-    if loop is not None:
-        T._train_loop_per_worker = loop
+    history_path = RunLayout.of(runs_dir, cfg.run_name).history
     sampler = Sampler(tree=True, history_path=history_path)
     load0 = loadavg()
     sampler.start()
     cpu0 = sampler.cpu_now()
     t_call = time.time()
     try:
-        result = T.train(cfg, dataset=data)
+        result = T.train(cfg, dataset=data, loop_options=options, hooks=hooks)
     finally:
-        T._train_loop_per_worker = original
         sampler.stop()
     hist = result.history
     ips = [h["images_per_s"] for h in hist]
@@ -323,158 +319,65 @@ def run_imgrec(data, args, workers: int, label: str, runs_dir: str, loop=None, l
 
 # --------------------------------------------------------------------------- loop variants
 #
-# Each variant is the source of imgrec.train._train_loop_per_worker with exact text
-# replacements (a replacement that no longer matches fails loudly), compiled in a
-# copy of imgrec.train's namespace and shipped to the workers by value.
-
-_STEP_LOOP = """\
-        for i, batch in enumerate(train_data):
-            ls, c, n = train_step(batch)
-            loss_sum, correct, seen = loss_sum + float(ls), correct + float(c), seen + float(n)
-            if rank == 0 and (i + 1) % max(1, steps_per_epoch // 4) == 0:
-                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch} loss {loss_sum / max(seen, 1):.4f}")
-"""
-_IMPORT_TF = "    import tensorflow as tf\n"
+# Each variant is imgrec's own worker loop with other ``LoopOptions`` and/or extra
+# hooks, passed through ``train(cfg, loop_options=..., hooks=[...])``: imgrec is
+# not modified, and the loop's per-epoch record (data wait, train, validation and
+# hook times) is what every variant reports.
 
 
-def _threads(intra: str, inter: str) -> tuple[str, str]:
-    return (_IMPORT_TF, _IMPORT_TF + (
-        f"    tf.config.threading.set_intra_op_parallelism_threads({intra})\n"
-        f"    tf.config.threading.set_inter_op_parallelism_threads({inter})\n"))
+class ThreadCpuHook(Hook):
+    """Prints, per rank and epoch, the data wait and step time per step (from the
+    loop's own record) and the worker's CPU by thread name (digits stripped)."""
+
+    name = "thread_cpu"
+
+    def on_epoch_begin(self, loop, epoch):
+        self.cpu, self.wall = _thread_cpu(), time.perf_counter()
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        wall = time.perf_counter() - self.wall
+        steps = max(1, loop.steps_per_epoch)
+        by_thread = sorted(((k, v - self.cpu.get(k, 0.0)) for k, v in _thread_cpu().items()), key=lambda kv: -kv[1])
+        print(f"[bench] rank {loop.rank} epoch {epoch + 1}: data wait {1e3 * metrics['data_wait_s'] / steps:.1f} "
+              f"ms/step, rest of the step {1e3 * (metrics['train_time_s'] - metrics['data_wait_s']) / steps:.1f} "
+              f"ms/step; worker CPU by thread, cores busy over {wall:.0f}s: "
+              + ", ".join(f"{k} {v / wall:.2f}" for k, v in by_thread if v / wall >= 0.005), flush=True)
 
 
-# Per-step host syncs: accumulate on the device, read the sums once per epoch.
-_NO_SYNC = (_STEP_LOOP, """\
-        sums = None
-        for i, batch in enumerate(train_data):
-            out = train_step(batch)
-            sums = out if sums is None else [a + b for a, b in zip(sums, out, strict=True)]
-            if rank == 0 and (i + 1) % max(1, steps_per_epoch // 4) == 0:
-                say(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{steps_per_epoch}")
-        loss_sum, correct, seen = (float(v) for v in sums)
-""")
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name (digits stripped) of this process."""
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            st = open(f"/proc/self/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name = st[st.index("(") + 1:st.rindex(")")].rstrip("0123456789_-/ ") or "?"
+        f = st[st.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
-# Time per step split into waiting for the next batch (tf.data iterator) and the step
-# itself (dispatch + compute + the float() syncs), printed by rank 0 every epoch.
-_TIMED = (_STEP_LOOP, """\
-        def _thread_cpu():  # CPU seconds per thread name (digits stripped) of this worker process
-            out = {}
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    st = open(f"/proc/self/task/{tid}/stat").read()
-                except OSError:
-                    continue
-                name = st[st.index("(") + 1:st.rindex(")")].rstrip("0123456789_-/ ") or "?"
-                f = st[st.rindex(")") + 2:].split()
-                out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-            return out
-
-        cpu_a, wall_a = _thread_cpu(), time.perf_counter()
-        t_a0 = time.perf_counter()
-        it = iter(train_data)
-        t_wait = t_step = t_first = 0.0
-        i = -1
-        while True:
-            t_a = time.perf_counter()
-            try:
-                batch = next(it)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                break
-            t_b = time.perf_counter()
-            i += 1
-            if i == 0:  # the first batch of the epoch: a new Ray Data epoch (streaming executor) starts
-                t_first, t_a = t_b - t_a0, t_b
-            ls, c, n = train_step(batch)
-            loss_sum, correct, seen = loss_sum + float(ls), correct + float(c), seen + float(n)
-            t_wait, t_step = t_wait + (t_b - t_a), t_step + (time.perf_counter() - t_b)
-        t_c = time.perf_counter()
-        del it  # as in the original loop, the iterator (and its generator thread) goes away inside train_time
-        t_teardown = time.perf_counter() - t_c
-        print(f"[bench] rank {rank} epoch {epoch + 1}: iterator + first batch {t_first:.2f}s, then {i + 1} steps: "
-              f"data wait {1e3 * t_wait / max(i + 1, 1):.1f} ms/step, step {1e3 * t_step / max(i + 1, 1):.1f} ms/step; "
-              f"iterator teardown {t_teardown:.2f}s; total {time.time() - t0:.1f}s; "
-              f"OMP_NUM_THREADS="
-              f"{os.environ.get('OMP_NUM_THREADS')}, intra/inter-op setting "
-              f"{tf.config.threading.get_intra_op_parallelism_threads()}/"
-              f"{tf.config.threading.get_inter_op_parallelism_threads()}, threads in process "
-              f"{len(os.listdir('/proc/self/task'))}", flush=True)
-        cpu_b, wall_ab = _thread_cpu(), time.perf_counter() - wall_a
-        by_thread = sorted(((k, v - cpu_a.get(k, 0.0)) for k, v in cpu_b.items()), key=lambda kv: -kv[1])
-        print(f"[bench] rank {rank} epoch {epoch + 1}: worker CPU by thread, cores busy over {wall_ab:.0f}s: "
-              + ", ".join(f"{k} {v / wall_ab:.2f}" for k, v in by_thread if v / wall_ab >= 0.005), flush=True)
-""")
-
-# tf.data autotuning off for the per-worker pipeline: its model thread (Model::OptimizeLoop) sleeps
-# in periods that double up to 60 s, and destroying the epoch's iterator waits for it to wake up.
-_AUTOTUNE_OFF = ("            options.experimental_distribute.auto_shard_policy = "
-                 "tf.data.experimental.AutoShardPolicy.OFF\n",
-                 "            options.experimental_distribute.auto_shard_policy = "
-                 "tf.data.experimental.AutoShardPolicy.OFF\n"
-                 "            options.autotune.enabled = False\n")
-
-def _epochs(training: bool, batches, *args, **kwargs):
-    """For the persistent-iterator variant: the training generator runs the shard's
-    epochs back to back, so one tf.data iterator lives for the whole run."""
-    if not training:
-        yield from batches(*args, **kwargs)
-        return
-    while True:
-        yield from batches(*args, **kwargs)
-
-
-# One distributed iterator for the whole run and exactly steps_per_epoch batches per
-# epoch (Ray's equal split gives every worker that many full batches): no iterator is
-# torn down between epochs.
-_PERSISTENT = [
-    ("lambda: shard_batches(", "lambda: _epochs(training, shard_batches, "),
-    ("    train_data = dist_dataset(train_shard, training=True)\n",
-     "    train_data = dist_dataset(train_shard, training=True)\n    train_iter = iter(train_data)\n"),
-    ("        for i, batch in enumerate(train_data):\n",
-     "        for i, batch in zip(range(steps_per_epoch), train_iter):\n"),
-]
 
 VARIANTS = {
-    # name: (description, replacements, workers it is run with)
-    "timed": ("imgrec loop + data-wait/step timer", [_TIMED]),
-    "threads=cpus": ("intra-op = physical cores // workers, inter-op = 1", "threads"),
-    "nosync": ("no per-step float() syncs", [_NO_SYNC]),
-    "autotune=off": ("tf.data options.autotune.enabled = False", [_AUTOTUNE_OFF]),
-    "persistent-iterator": ("one tf.data iterator for all epochs", _PERSISTENT),
-    "autotune=off+timed": ("autotune off + data-wait/step timer", [_AUTOTUNE_OFF, _TIMED]),
-    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2",
-                          [("return ds.with_options(options).prefetch(2)",
-                            "return ds.with_options(options).prefetch(tf.data.AUTOTUNE)")]),
+    # name: (description, LoopOptions fields, extra hooks)
+    "timed": ("imgrec loop + per-thread CPU", {}, [ThreadCpuHook]),
+    "threads=cpus": ("intra-op = physical cores // workers, inter-op = 1", "threads", []),
+    "autotune=off": ("tf.data options.autotune.enabled = False", {"tf_data_autotune": False}, []),
+    "persistent-iterator": ("one tf.data iterator for all epochs", {"persistent_iterator": True}, []),
+    "autotune=off+timed": ("autotune off + per-thread CPU", {"tf_data_autotune": False}, [ThreadCpuHook]),
+    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2", {"prefetch": -1}, []),
 }
 
 
-def build_loop(name: str, replacements: list[tuple[str, str]]):
-    import imgrec.train as T
-
-    src = textwrap.dedent(inspect.getsource(T._train_loop_per_worker))
-    for old, new in replacements:
-        if src.count(old) != 1:
-            raise RuntimeError(f"variant {name!r}: imgrec.train._train_loop_per_worker changed; "
-                               f"{old.strip()[:60]!r} found {src.count(old)} times")
-        src = src.replace(old, new)
-    ns = dict(vars(T))
-    ns["__name__"] = "__main__"
-    ns["_epochs"] = _epochs
-    import __future__
-
-    code = compile(src, f"<train_throughput variant {name}>", "exec",
-                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
-    exec(code, ns)
-    fn = ns["_train_loop_per_worker"]
-    fn.__module__ = "__main__"
-    fn.__qualname__ = fn.__name__ = f"_bench_loop_{len(name)}_{abs(hash(name)) % 10**6}"
-    return fn
-
-
 def variant_loop(name: str, workers: int):
-    desc, spec = VARIANTS[name]
-    if spec == "threads":
-        spec = [_threads(str(max(1, (psutil.cpu_count(logical=False) or 2) // workers)), "1")]
-    return desc, build_loop(name, spec)
+    """(description, LoopOptions, hooks) of a variant."""
+    from imgrec.loop import LoopOptions
+
+    desc, options, hooks = VARIANTS[name]
+    if options == "threads":
+        options = {"intra_op_threads": max(1, (psutil.cpu_count(logical=False) or 2) // workers),
+                   "inter_op_threads": 1}
+    return desc, LoopOptions(**options), [hook() for hook in hooks]
 
 
 # --------------------------------------------------------------------------- table
@@ -665,9 +568,9 @@ def main() -> None:
                       f"{[round(v) for v in r['epoch_ips']]}, load {r['load']}", flush=True)
                 print_breakdown(r)
             for name, w in variants:
-                desc, loop = variant_loop(name, w)
+                desc, options, hooks = variant_loop(name, w)
                 wait_for_load(args.wait_load, args.wait_max)
-                r = run_imgrec(data, args, w, f"variant {name}", runs_dir, loop=loop)
+                r = run_imgrec(data, args, w, f"variant {name}", runs_dir, options=options, hooks=hooks)
                 r["description"] = desc
                 rows.append(r)
                 print(f"# variant {name} w={w} ({desc}): {r['steady_ips']:.1f} img/s steady, "

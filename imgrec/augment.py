@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from imgrec.config import AugmentConfig, from_dict
+from imgrec import storage
+from imgrec.config import AugmentConfig, DecodeConfig, from_dict
+from imgrec.decode import decode_image, image_info
 
 FLIP_PROBABILITY = 0.5
 
@@ -474,9 +476,6 @@ def save_preview(
     The image may be a local path or an ``s3://`` URI, and so may ``out_png``.
     ``image_size`` (height, width) defaults to the image's own aspect ratio with
     the longer side 256. Returns the normalised output location."""
-    from imgrec import storage
-    from imgrec.config import DecodeConfig
-    from imgrec.decode import decode_image, image_info
 
     data = storage.read_bytes(image_uri_or_path)
     if image_size is None:

@@ -6,6 +6,14 @@ from __future__ import annotations
 import typer
 
 import imgrec
+from imgrec import augment, data, storage, synth
+from imgrec import features as feats
+from imgrec.cli_common import clear_errors
+from imgrec.cli_train import train_command, transfer_command
+from imgrec.cli_tune import tune_command
+from imgrec.config import AugmentConfig, ConfigError, DecodeConfig, PredictConfig, replace
+from imgrec.predict import describe_one, predict_bucket
+from imgrec.runtime import ensure_ray
 
 app = typer.Typer(help="Distributed image recognition on Ray and Keras 3.", no_args_is_help=True)
 data_app = typer.Typer(help="Create, upload and inspect image datasets.", no_args_is_help=True)
@@ -17,15 +25,8 @@ app.add_typer(models_app, name="models")
 baseline_app = typer.Typer(help="The classic baseline: hand-made features + a linear classifier.",
                            no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
-
-
-from imgrec.cli_train import train_command, transfer_command  # noqa: E402
-
 app.command("train")(train_command)
 app.command("transfer")(transfer_command)
-
-from imgrec.cli_tune import tune_command  # noqa: E402
-
 app.command("tune")(tune_command)
 
 
@@ -42,9 +43,8 @@ def data_upload(
     workers: int = typer.Option(16, help="Parallel uploads."),
 ) -> None:
     """Upload a local folder tree to a storage URI, in parallel, with progress."""
-    from imgrec import storage
 
-    with _clear_errors():
+    with clear_errors():
         n = storage.upload_dir(local_dir, uri, workers=workers)
     typer.echo(f"uploaded {n} files to {storage.normalize(uri)}")
 
@@ -62,9 +62,8 @@ def data_synth(
     overwrite: bool = typer.Option(False, help="Replace what is already under --out."),
 ) -> None:
     """Write a procedurally generated class-per-folder JPEG dataset (<out>/train, <out>/test)."""
-    from imgrec import synth
 
-    with _clear_errors():
+    with clear_errors():
         summary = synth.make_dataset(
             out,
             task=task,
@@ -90,12 +89,9 @@ def data_inspect(
     image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH the bad-file check decodes to."),
 ) -> None:
     """Counts per class and split, image sizes/modes/formats, and the files that fail to decode."""
-    from imgrec import data
-    from imgrec.config import DecodeConfig
 
-    with _clear_errors():
+    with clear_errors():
         if decode_all:
-            from imgrec.train import ensure_ray
 
             ensure_ray()
         report = data.inspect(uri, DecodeConfig(image_size=image_size), validation_split=validation_split,
@@ -109,9 +105,8 @@ def data_export_cifar10(
     overwrite: bool = typer.Option(False, help="Replace what is already under URI."),
 ) -> None:
     """Download CIFAR-10 (keras.datasets) and write it as <URI>/train|test/<class>/<i>.png (lossless)."""
-    from imgrec import data
 
-    with _clear_errors():
+    with clear_errors():
         counts = data.export_cifar10(uri, overwrite=overwrite, progress=True)
     for split, per_class in counts.items():
         typer.echo(f"{split}: {sum(per_class.values())} images, " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
@@ -137,10 +132,8 @@ def augment_preview(
     seed: int = typer.Option(None, help="Same seed, same grid."),
 ) -> None:
     """Write a 1×N grid of randomly augmented copies of one image (the course's preview)."""
-    from imgrec import augment
-    from imgrec.config import AugmentConfig, ConfigError, replace
 
-    with _clear_errors():
+    with clear_errors():
         overrides = {
             "rotation_range": rotation_range,
             "width_shift_range": width_shift_range,
@@ -175,7 +168,7 @@ def models_list(
     size and ImageNet top-1/top-5 (backbones), default input size, preprocessing."""
     from imgrec import models
 
-    with _clear_errors():
+    with clear_errors():
         rows = [r for r in models.models_table() if kind is None or r["kind"] == kind]
         if kind is not None and kind not in models.KINDS:
             raise ValueError(f"--kind must be one of {models.KINDS}, got {kind!r}")
@@ -201,9 +194,8 @@ def baseline_train(
 ) -> None:
     """Hand-made features (brightness, colour, object size, edges) + logistic regression:
     the recognition before CNNs, with an honest verdict against chance."""
-    from imgrec import features as feats
 
-    with _clear_errors():
+    with clear_errors():
         result = feats.train_baseline(
             data,
             features=features,
@@ -233,11 +225,8 @@ def predict_command(
     all_files: bool = typer.Option(False, "--all-files", help="Predict every file, not only image endings."),
 ) -> None:
     """Batch prediction over a bucket into Parquet; resumable, bad files become error rows."""
-    from imgrec.config import PredictConfig
-    from imgrec.predict import predict_bucket
-    from imgrec.train import ensure_ray
 
-    with _clear_errors():
+    with clear_errors():
         cfg = PredictConfig(model=model, input=input_uri, output=output, batch_size=batch_size, actors=actors,
                             num_cpus=cpus, num_gpus=gpus, top_k=top_k, files_per_output=files_per_output,
                             resume=resume, all_files=all_files)
@@ -252,16 +241,14 @@ def predict_one_command(
     top_k: int = typer.Option(None, help="Show only the K most likely classes (default: all)."),
 ) -> None:
     """Predict one image and print every class's probability (no Ray needed)."""
-    from imgrec.predict import describe_one
 
-    with _clear_errors():
+    with clear_errors():
         text = describe_one(image, model, top_k=top_k)
     typer.echo(text)
 
 
 def _float_or_pair(text: str | None, option: str):
     """'0.2' -> 0.2, '0.8,1.2' -> (0.8, 1.2), 'none' -> None, None -> None."""
-    from imgrec.config import ConfigError
 
     if text is None or text.lower() == "none":
         return None
@@ -274,25 +261,6 @@ def _float_or_pair(text: str | None, option: str):
     if len(values) == 2:
         return tuple(values)
     raise ConfigError(f"{option} must be a number or LO,HI, got {text!r}")
-
-
-class _clear_errors:
-    """Show library errors (bad URI, missing bucket, bad config) as one line, exit 2."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        from imgrec.checkpoint import CheckpointError
-        from imgrec.config import ConfigError
-        from imgrec.storage import StorageError
-
-        if exc is not None and isinstance(
-            exc, StorageError | ConfigError | CheckpointError | FileNotFoundError | ValueError
-        ):
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2)
-        return False
 
 
 def main() -> None:  # pragma: no cover - console entry point

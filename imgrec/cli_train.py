@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from imgrec.cli_common import clear_errors
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+from imgrec.train import train
 
 Opt = typer.Option
 
@@ -109,10 +111,8 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         report: Annotated[bool, Opt(help="Write plots and report.html.")] = True,
     ) -> None:
         options = dict(locals())  # exactly the command's parameters
-        from imgrec.cli import _clear_errors
-        from imgrec.train import train
 
-        with _clear_errors():
+        with clear_errors():
             result = train(build_config(**options))
         typer.echo(f"run: {result.run_uri}")
         typer.echo(f"best checkpoint: {result.best_checkpoint}")

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from imgrec import tune
+from imgrec.cli_common import clear_errors
+from imgrec.cli_train import parse_size
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, SweepConfig, TrainConfig
 
 Opt = typer.Option
@@ -54,13 +57,10 @@ def tune_command(
     evaluate: Annotated[bool, Opt(help="Evaluate the best checkpoint on the test tree.")] = True,
 ) -> None:
     """Sweep freeze depth x learning rate (optionally batch size, augmentation) of a transfer job on Ray Tune."""
-    from imgrec.cli import _clear_errors
-    from imgrec.cli_train import parse_size
-    from imgrec.tune import sweep
 
     if not data and not resume:
         raise typer.BadParameter("give --data URI (an image tree, or cifar10), or --resume with --name")
-    with _clear_errors():
+    with clear_errors():
         base = TrainConfig(
             data=DataConfig(uri=data or "", validation_split=validation_split,
                             decode=DecodeConfig(image_size=parse_size(image_size))),
@@ -91,6 +91,6 @@ def tune_command(
             evaluate=evaluate,
             seed=seed,
         )
-        result = sweep(cfg)
+        result = tune.sweep(cfg)  # looked up at call time: the CLI test replaces it
     typer.echo(f"sweep: {result.sweep_uri}")
     typer.echo(f"best checkpoint: {result.best_checkpoint or 'none (every trial failed)'}")

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from imgrec import storage
+from imgrec.augment import Augmenter
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
-from imgrec.decode import IMAGE_SUFFIXES, BadImage, decode_image
+from imgrec.decode import IMAGE_SUFFIXES, BadImage, decode_image, image_info
+from imgrec.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -533,7 +535,6 @@ def augmented(ds, augment: AugmentConfig):
     ds = ds.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=int(seed)))
     if not augment.enabled:
         return ds
-    from imgrec.augment import Augmenter
 
     udf = Augmenter(augment) if seed is None else _EpochSaltedAugmenter(augment)
     return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy")
@@ -543,7 +544,6 @@ class _EpochSaltedAugmenter:
     """A seeded ``Augmenter`` whose salt is the current pass over the dataset."""
 
     def __init__(self, augment: AugmentConfig):
-        from imgrec.augment import Augmenter
 
         self.augmenter = Augmenter(augment)
 
@@ -776,7 +776,6 @@ def _read_head(uri: str, n: int) -> bytes:
 
 def _header(uri: str) -> tuple[int, int, str, str] | None:
     """``decode.image_info`` from the first bytes of the file; None if unreadable."""
-    from imgrec.decode import image_info
 
     try:
         data = _read_head(uri, HEADER_BYTES)
@@ -829,7 +828,6 @@ class _DecodeErrors:
 def _decode_errors_ray(paths: list[str], decode: DecodeConfig) -> list[dict[str, str]]:
     import ray
 
-    from imgrec.train import ensure_ray
 
     if not paths:
         return []

@@ -19,8 +19,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from imgrec import storage
+from imgrec import checkpoint, storage, synth
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+from imgrec.train import train
 
 
 @dataclass
@@ -54,7 +55,6 @@ def transfer_config(data_uri: str, runs_uri: str, weights_uri: str, *, freeze_de
 
 def make_tasks(root: str, *, image_size=(64, 64), a_classes: int = 6, a_per_class: int = 150,
                b_per_class: int = 60) -> tuple[str, str]:
-    from imgrec import synth
 
     task_a, task_b = storage.join(root, "data", "task-a"), storage.join(root, "data", "task-b")
     synth.make_dataset(task_a, task="colors", classes=a_classes, per_class=a_per_class, test_per_class=20,
@@ -68,8 +68,7 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
              pretrain_epochs: int = 8, transfer_epochs: int = 4, a_classes: int = 6, a_per_class: int = 150,
              b_per_class: int = 60) -> DemoResult:
     """One call: data, pretraining, weights, fine-tuning, evaluation and report under ``root``."""
-    from imgrec import checkpoint, models
-    from imgrec.train import train
+    from imgrec import models
 
     t0 = time.time()
     root = storage.normalize(root)

@@ -7,36 +7,15 @@ from typing import Any
 
 import numpy as np
 
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    labels = np.asarray(labels, dtype=np.int64)
-    pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
-    k = len(class_names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    per_class = {}
-    for i, name in enumerate(class_names):
-        tp = confusion[i, i]
-        predicted, actual = confusion[:, i].sum(), confusion[i, :].sum()
-        per_class[name] = {
-            "precision": float(tp / predicted) if predicted else 0.0,
-            "recall": float(tp / actual) if actual else 0.0,
-            "support": int(actual),
-        }
-    return {
-        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-        "count": int(len(labels)),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-        "class_names": list(class_names),
-    }
+from imgrec import storage
+from imgrec.layout import RunLayout
+from imgrec.metrics import classification_metrics
+from imgrec.predict import predict_dataset
 
 
 def evaluate_dataset(ds, model_uri: str, class_names: list[str], *, actors: int = 1,
                      batch_size: int = 64) -> dict[str, Any]:
     """Predict a decoded, labelled Ray dataset with the model actors and score it."""
-    from imgrec.predict import predict_dataset
-
     labels, probs = [], []
     scored = predict_dataset(ds.select_columns(["image", "label"]), model_uri, actors=actors,
                              batch_size=batch_size)
@@ -53,12 +32,11 @@ def evaluate_run(result, data, cfg) -> dict[str, Any]:
     the validation split) and write ``evaluation.json`` into the run folder."""
     import json
 
-    from imgrec import storage
 
     split, ds = ("test", data.test) if data.test is not None else ("val", data.val)
     if ds is None:
         return {}
     metrics = evaluate_dataset(ds, result.best_checkpoint, data.class_names)
     metrics.update(split=split, checkpoint=result.best_checkpoint)
-    storage.atomic_write(storage.join(result.run_uri, "evaluation.json"), json.dumps(metrics, indent=1))
+    storage.atomic_write(RunLayout(result.run_uri).evaluation, json.dumps(metrics, indent=1))
     return metrics

@@ -32,8 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from imgrec import storage
+from imgrec import checkpoint, storage
 from imgrec.config import DecodeConfig
+from imgrec.data import DataError, DecodeImages, list_image_tree, split_records
+from imgrec.layout import BaselineLayout, RunLayout
+from imgrec.report import render_html
+from imgrec.runtime import ensure_ray
 
 # --------------------------------------------------------------------------- the features
 
@@ -318,8 +322,6 @@ def extract_tree_features(
     skipped and listed in ``bad_files`` — one bad file never stops the run."""
     import ray
 
-    from imgrec.data import DataError, DecodeImages, list_image_tree
-    from imgrec.train import ensure_ray
 
     decode = decode or DecodeConfig(image_size=image_size)
     tree = list_image_tree(data_uri)
@@ -684,7 +686,6 @@ def train_baseline(
 
 def _split_rows(table: FeatureTable, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Row indices to fit on and to measure on: the test tree, else a held-out part of train."""
-    from imgrec.data import split_records
 
     is_test = table.splits == "test"
     train_idx = np.flatnonzero(~is_test)
@@ -708,10 +709,9 @@ def _split_rows(table: FeatureTable, validation_split: float, seed: int) -> tupl
 def read_cnn_result(run_uri: str, *, data_uri: str | None = None) -> dict[str, Any]:
     """A CNN run's held-out accuracy: its ``evaluation.json`` (written by
     ``imgrec.evaluate.evaluate_run``), else its best checkpoint's ``val_accuracy``."""
-    from imgrec import checkpoint
 
     run_uri = storage.normalize(run_uri)
-    evaluation = storage.join(run_uri, "evaluation.json")
+    evaluation = RunLayout(run_uri).evaluation
     if storage.exists(evaluation):
         metrics = json.loads(storage.read_text(evaluation))
         if "accuracy" not in metrics:
@@ -738,7 +738,6 @@ def read_cnn_result(run_uri: str, *, data_uri: str | None = None) -> dict[str, A
 
 
 def _cnn_data_uri(checkpoint_uri: str) -> str | None:
-    from imgrec import checkpoint
 
     try:
         return checkpoint.read_manifest(checkpoint_uri).get("data", {}).get("uri")
@@ -801,14 +800,14 @@ def _axis_label(name: str) -> str:
 def write_report(result: BaselineResult, out: str) -> dict[str, str]:
     """Write ``baseline.json``, ``decision_boundary.png`` and ``baseline.html`` under
     ``out`` (a local folder or ``s3://`` prefix). Returns their URIs."""
-    from imgrec.report import render_html
 
     out = storage.normalize(out)
     if storage.is_s3(out):
         storage.check_bucket(out)
-    uris = {name: storage.join(out, name) for name in ("baseline.json", "decision_boundary.png", "baseline.html")}
-    storage.atomic_write(uris["decision_boundary.png"], decision_boundary_png(result))
-    storage.atomic_write(uris["baseline.json"], json.dumps(result.to_dict(), indent=1))
+    layout = BaselineLayout(out)
+    uris = {layout.RESULT: layout.result, layout.BOUNDARY_PLOT: layout.boundary_plot, layout.REPORT: layout.report}
+    storage.atomic_write(layout.boundary_plot, decision_boundary_png(result))
+    storage.atomic_write(layout.result, json.dumps(result.to_dict(), indent=1))
 
     def row(*cells: Any) -> str:
         return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
@@ -826,12 +825,12 @@ def write_report(result: BaselineResult, out: str) -> dict[str, str]:
         ("Verdict", f"<p><b>{html.escape(result.verdict)}</b></p>"),
         ("Accuracy", "<table><tr><th>model</th><th>accuracy</th><th>split</th><th>images</th></tr>"
                      f"{compare}</table>"),
-        ("Decision boundary", "<img src='decision_boundary.png' alt='two features and the learned boundary'>"),
+        ("Decision boundary", f"<img src='{layout.BOUNDARY_PLOT}' alt='two features and the learned boundary'>"),
         ("Per class", f"<table><tr><th>class</th><th>accuracy</th></tr>{per_class}</table>"),
         ("Features", "<p>" + html.escape(", ".join(result.features)) + "</p>"),
     ]
     if result.bad_files:
         sections.append((f"Skipped files ({len(result.bad_files)})",
                          f"<table><tr><th>file</th><th>reason</th></tr>{bad}</table>"))
-    storage.atomic_write(uris["baseline.html"], render_html(f"imgrec baseline: {result.source}", sections))
+    storage.atomic_write(layout.report, render_html(f"imgrec baseline: {result.source}", sections))
     return uris

@@ -33,15 +33,22 @@ def cache_dir(kind: str) -> str:
     return os.path.join(base or os.path.join(os.path.expanduser("~"), ".cache", "imgrec"), kind)
 
 
+class _child:
+    """A file or folder directly under a layout's folder: its URI, read on an instance."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, layout, owner=None):
+        return self if layout is None else storage.join(layout.uri, self.name)
+
+
 @dataclass(frozen=True)
 class _Folder:
     uri: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uri", storage.normalize(self.uri))
-
-    def _file(self, name: str) -> str:
-        return storage.join(self.uri, name)
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,9 @@ class CheckpointLayout(_Folder):
 
     MODEL = "model.keras"
     MANIFEST = "manifest.json"
-    FILES = (MODEL, MANIFEST)
 
-    @property
-    def model(self) -> str:
-        return self._file(self.MODEL)
-
-    @property
-    def manifest(self) -> str:
-        return self._file(self.MANIFEST)
+    model = _child(MODEL)
+    manifest = _child(MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -82,37 +83,13 @@ class RunLayout(_Folder):
     def name(self) -> str:
         return storage.basename(self.uri)
 
-    @property
-    def storage(self) -> str:
-        return storage.parent(self.uri)
-
-    @property
-    def history(self) -> str:
-        return self._file(self.HISTORY)
-
-    @property
-    def evaluation(self) -> str:
-        return self._file(self.EVALUATION)
-
-    @property
-    def report(self) -> str:
-        return self._file(self.REPORT)
-
-    @property
-    def history_plot(self) -> str:
-        return self._file(self.HISTORY_PLOT)
-
-    @property
-    def confusion_plot(self) -> str:
-        return self._file(self.CONFUSION_PLOT)
-
-    @property
-    def tensorboard(self) -> str:
-        return self._file(self.TENSORBOARD)
-
-    @property
-    def fault_marker(self) -> str:
-        return self._file(self.FAULT_MARKER)
+    history = _child(HISTORY)
+    evaluation = _child(EVALUATION)
+    report = _child(REPORT)
+    history_plot = _child(HISTORY_PLOT)
+    confusion_plot = _child(CONFUSION_PLOT)
+    tensorboard = _child(TENSORBOARD)
+    fault_marker = _child(FAULT_MARKER)
 
     def replica(self, rank: int) -> str:
         """Rank ``rank``'s digest of its final weights."""
@@ -135,34 +112,13 @@ class SweepLayout(_Folder):
     def of(cls, storage_uri: str, sweep_name: str) -> SweepLayout:
         return cls(storage.join(storage_uri, sweep_name))
 
-    @property
-    def config(self) -> str:
-        return self._file(self.CONFIG)
-
-    @property
-    def best(self) -> str:
-        return self._file(self.BEST)
-
-    @property
-    def results_csv(self) -> str:
-        return self._file(self.RESULTS_CSV)
-
-    @property
-    def results_parquet(self) -> str:
-        return self._file(self.RESULTS_PARQUET)
-
-    @property
-    def plot(self) -> str:
-        return self._file(self.PLOT)
-
-    @property
-    def evaluation(self) -> str:
-        return self._file(self.EVALUATION)
-
-    @property
-    def trials(self) -> str:
-        """The storage of the trials' runs (each trial is a run named after it)."""
-        return self._file(self.TRIALS)
+    config = _child(CONFIG)
+    best = _child(BEST)
+    results_csv = _child(RESULTS_CSV)
+    results_parquet = _child(RESULTS_PARQUET)
+    plot = _child(PLOT)
+    evaluation = _child(EVALUATION)
+    trials = _child(TRIALS)  # the storage of the trials' runs (each trial is a run named after it)
 
     def trial(self, trial_name: str) -> RunLayout:
         return RunLayout.of(self.trials, trial_name)
@@ -177,21 +133,18 @@ class PredictionLayout(_Folder):
     JOB = "_job.json"
     PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 
-    @property
-    def predictions(self) -> str:
-        return self._file(self.PREDICTIONS)
-
-    @property
-    def summary(self) -> str:
-        return self._file(self.SUMMARY)
-
-    @property
-    def job(self) -> str:
-        return self._file(self.JOB)
+    predictions = _child(PREDICTIONS)
+    summary = _child(SUMMARY)
+    job = _child(JOB)
 
     @classmethod
     def part_name(cls, digest: str) -> str:
         return f"{cls.PART_PREFIX}{digest}{cls.PART_SUFFIX}"
+
+    @classmethod
+    def numbered(cls, part_name: str, n: int) -> str:
+        """Another part of the same name (a manifest repeating a whole chunk)."""
+        return part_name.removesuffix(cls.PART_SUFFIX) + f"-{n}{cls.PART_SUFFIX}"
 
     @classmethod
     def is_part(cls, relative_path: str) -> bool:
@@ -211,14 +164,6 @@ class BaselineLayout(_Folder):
     BOUNDARY_PLOT = "decision_boundary.png"
     REPORT = "baseline.html"
 
-    @property
-    def result(self) -> str:
-        return self._file(self.RESULT)
-
-    @property
-    def boundary_plot(self) -> str:
-        return self._file(self.BOUNDARY_PLOT)
-
-    @property
-    def report(self) -> str:
-        return self._file(self.REPORT)
+    result = _child(RESULT)
+    boundary_plot = _child(BOUNDARY_PLOT)
+    report = _child(REPORT)

@@ -72,6 +72,11 @@ import numpy as np
 from imgrec import checkpoint as ckpt
 from imgrec import storage
 from imgrec.config import DecodeConfig, PredictConfig, from_dict, to_dict
+from imgrec.data import DecodeImages
+from imgrec.decode import IMAGE_SUFFIXES, decode_image
+from imgrec.layout import PredictionLayout
+from imgrec.metrics import classification_metrics
+from imgrec.runtime import ensure_ray
 
 
 def decode_config(manifest: dict[str, Any]) -> DecodeConfig:
@@ -137,7 +142,6 @@ def predict_arrays(images: np.ndarray, model_uri: str) -> tuple[np.ndarray, list
 def predict_one(image_uri: str, model_uri: str, top_k: int = 5) -> list[tuple[str, float]]:
     """(class name, probability) pairs for one image file, most likely first,
     decoded exactly as the checkpoint's manifest says."""
-    from imgrec.decode import decode_image
 
     ref = ckpt.resolve(model_uri)
     image = decode_image(storage.read_bytes(image_uri), decode_config(ref.manifest))
@@ -169,9 +173,9 @@ def describe_one(image_uri: str, model_uri: str, top_k: int | None = None) -> st
 
 # =========================================================================== batch prediction
 
-PREDICTIONS_DIR = "predictions"
-SUMMARY_FILE = "summary.json"
-JOB_FILE = "_job.json"
+PREDICTIONS_DIR = PredictionLayout.PREDICTIONS
+SUMMARY_FILE = PredictionLayout.SUMMARY
+JOB_FILE = PredictionLayout.JOB
 FORMAT = "imgrec-predictions/1"
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 WAVE_ROWS = 50_000  # files per Ray Data execution (x actors): bounds driver memory, amortises model loads
@@ -329,7 +333,6 @@ def _require(cfg: PredictConfig) -> None:
 
 
 def _image_suffixes() -> tuple[str, ...]:
-    from imgrec.decode import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 
@@ -526,7 +529,7 @@ def _make_chunk(entries: list[_Entry]) -> _Chunk:
     digest = hashlib.sha256()
     for e in entries:
         digest.update(f"{e.key}\t{'' if e.size is None else e.size}\n".encode())
-    return _Chunk(f"part-{digest.hexdigest()[:20]}.parquet", [e.uri for e in entries], [e.label for e in entries])
+    return _Chunk(PredictionLayout.part_name(digest.hexdigest()[:20]), [e.uri for e in entries], [e.label for e in entries])
 
 
 @dataclass
@@ -547,7 +550,7 @@ class _Plan:
         with open(spool, "w", encoding="utf-8") as fh:
             for chunk in chunks:
                 if chunk.name in seen:  # a manifest repeating a whole chunk: keep both
-                    chunk.name = chunk.name.replace(".parquet", f"-{len(names)}.parquet")
+                    chunk.name = PredictionLayout.numbered(chunk.name, len(names))
                 seen.add(chunk.name)
                 names.append(chunk.name)
                 files += len(chunk.paths)
@@ -565,17 +568,16 @@ class _Plan:
 
 
 def _part_uris(out: str) -> list[str]:
-    folder = storage.join(out, PREDICTIONS_DIR)
+    folder = PredictionLayout(out).predictions
     if not storage.exists(folder):
         return []
-    return [o.uri for o in storage.list_objects(folder)
-            if o.path.startswith("part-") and o.path.endswith(".parquet") and "/" not in o.path]
+    return [o.uri for o in storage.list_objects(folder) if PredictionLayout.is_part(o.path)]
 
 
 def _prepare_output(out: str, job: dict[str, Any], plan: _Plan, *, resume: bool) -> tuple[set[str], int]:
     """Check an earlier run's output, drop what this listing no longer has, and
     return (names of parts already done, number of stale parts removed)."""
-    job_uri = storage.join(out, JOB_FILE)
+    job_uri = PredictionLayout(out).job
     existing = {storage.basename(u): u for u in _part_uris(out)}
     if not resume:
         for uri in existing.values():
@@ -686,8 +688,6 @@ class _Runner:
     def _run_wave(self, wave: list[_Chunk], index: dict[str, int]) -> None:
         import pyarrow.compute as pc
 
-        from imgrec.data import DecodeImages
-        from imgrec.train import ensure_ray
 
         ensure_ray()
         # With equal resources (CPU actors) Ray Data fuses this decode step into the
@@ -744,7 +744,7 @@ class _Runner:
             {"format": FORMAT, "chunk": chunk.name, "rows": n, "checkpoint": self.ref.uri})})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        uri = storage.join(self.out, PREDICTIONS_DIR, chunk.name)
+        uri = PredictionLayout(self.out).part(chunk.name)
         storage.atomic_write(uri, buf.getvalue())  # one PUT on S3, temp + rename locally
         errors = n - table.column("error").null_count
         self.rows_run += n
@@ -770,7 +770,6 @@ def _read_part(uri: str, columns: list[str] | None = None):
 def _summarize(cfg, ref, out, plan, listing, runner, done, stale, t0) -> PredictSummary:
     """Read back every part of this listing (three small columns) for exact counts
     and the metrics: resumed chunks count as much as the ones run now."""
-    from imgrec.evaluate import classification_metrics
 
     class_names = ref.class_names
     index = {name: i for i, name in enumerate(class_names)}
@@ -778,7 +777,7 @@ def _summarize(cfg, ref, out, plan, listing, runner, done, stale, t0) -> Predict
     examples: list[dict[str, str]] = []
     per_part = []
     for name in plan.names:
-        table = _read_part(storage.join(out, PREDICTIONS_DIR, name), ["path", "label", "predicted_index", "error"])
+        table = _read_part(PredictionLayout(out).part(name), ["path", "label", "predicted_index", "error"])
         rows += table.num_rows
         error = table.column("error").to_pylist()
         errors += sum(e is not None for e in error)
@@ -801,8 +800,8 @@ def _summarize(cfg, ref, out, plan, listing, runner, done, stale, t0) -> Predict
     return PredictSummary(
         input=listing.input,
         output=out,
-        predictions_uri=storage.join(out, PREDICTIONS_DIR),
-        summary_uri=storage.join(out, SUMMARY_FILE),
+        predictions_uri=PredictionLayout(out).predictions,
+        summary_uri=PredictionLayout(out).summary,
         model_uri=storage.normalize(cfg.model),
         checkpoint=ref.uri,
         class_names=class_names,

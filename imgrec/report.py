@@ -11,6 +11,7 @@ from typing import Any
 
 from imgrec import storage
 from imgrec.config import to_dict
+from imgrec.layout import RunLayout
 
 
 def _figure_bytes(fig) -> bytes:
@@ -86,7 +87,7 @@ def render_html(title: str, sections: list[tuple[str, str]]) -> str:
 
 def write_run_report(result, cfg) -> str:
     """Write history.png, confusion.png and report.html into the run folder."""
-    run = result.run_uri
+    run = RunLayout(result.run_uri)
     sections: list[tuple[str, str]] = []
     test = result.test_metrics
     if test:
@@ -94,14 +95,14 @@ def write_run_report(result, cfg) -> str:
                                    f"({html.escape(test['split'])} split), best checkpoint "
                                    f"<code>{html.escape(str(result.best_checkpoint))}</code>.</p>"))
     if result.history:
-        storage.atomic_write(storage.join(run, "history.png"), history_png(result.history))
+        storage.atomic_write(run.history_plot, history_png(result.history))
         keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s"]
-        sections.append(("Training curves", "<img src='history.png' alt='loss and accuracy curves'>"
+        sections.append(("Training curves", f"<img src='{run.HISTORY_PLOT}' alt='loss and accuracy curves'>"
                          + _table([[h.get(k, "") for k in keys] for h in result.history], keys)))
     if test:
-        storage.atomic_write(storage.join(run, "confusion.png"), confusion_png(test["confusion"], test["class_names"]))
+        storage.atomic_write(run.confusion_plot, confusion_png(test["confusion"], test["class_names"]))
         rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]
-        sections.append(("Confusion matrix", "<img src='confusion.png' alt='confusion matrix'>"
+        sections.append(("Confusion matrix", f"<img src='{run.CONFUSION_PLOT}' alt='confusion matrix'>"
                          + _table(rows, ["class", "precision", "recall", "support"])))
     if result.restarts:
         epochs = ", ".join(str(r["from_epoch"]) for r in result.restarts)
@@ -110,9 +111,9 @@ def write_run_report(result, cfg) -> str:
     if result.bad_files:
         rows = [[b["path"], b["reason"]] for b in result.bad_files[:500]]
         sections.append((f"Skipped files ({len(result.bad_files)})", _table(rows, ["file", "reason"])))
-    sections.append(("TensorBoard", f"<p><code>tensorboard --logdir {html.escape(storage.join(run, 'tensorboard'))}"
+    sections.append(("TensorBoard", f"<p><code>tensorboard --logdir {html.escape(run.tensorboard)}"
                                     "</code></p>"))
     sections.append(("Configuration", f"<pre>{html.escape(json.dumps(to_dict(cfg), indent=2))}</pre>"))
-    uri = storage.join(run, "report.html")
-    storage.atomic_write(uri, render_html(f"imgrec run {storage.basename(run)}", sections))
+    uri = run.report
+    storage.atomic_write(uri, render_html(f"imgrec run {run.name}", sections))
     return uri

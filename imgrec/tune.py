@@ -43,6 +43,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -51,11 +52,17 @@ from typing import Any
 from imgrec import checkpoint as ckpt
 from imgrec import storage
 from imgrec.config import AugmentConfig, ConfigError, SweepConfig, TrainConfig, from_dict, replace, to_dict
+from imgrec.data import load_dataset
+from imgrec.evaluate import evaluate_dataset
+from imgrec.layout import SweepLayout
+from imgrec.report import _figure_bytes
+from imgrec.runtime import ensure_ray, forwarded_env
+from imgrec.train import default_run_name, read_history, run_uri, train
 
 METRIC, MODE = "val_accuracy", "max"
-TRIALS_DIR = "trials"
-SWEEP_FILE = "sweep.json"
-BEST_FILE = "best.json"
+TRIALS_DIR = SweepLayout.TRIALS
+SWEEP_FILE = SweepLayout.CONFIG
+BEST_FILE = SweepLayout.BEST
 TABLE_COLUMNS = [
     "rank", "trial", "freeze_depth", "learning_rate", "batch_size", "augment", "best_val_accuracy",
     "epochs", "wall_time_s", "status", "error", "checkpoint", "run",
@@ -86,10 +93,14 @@ class SweepResult:
 # =========================================================================== the search space
 
 
-def sweep_uri(cfg: SweepConfig) -> str:
+def sweep_layout(cfg: SweepConfig) -> SweepLayout:
     if not cfg.name:
         raise ConfigError("the sweep has no name; give SweepConfig.name (--name)")
-    return storage.join(cfg.storage, cfg.name)
+    return SweepLayout.of(cfg.storage, cfg.name)
+
+
+def sweep_uri(cfg: SweepConfig) -> str:
+    return sweep_layout(cfg).uri
 
 
 def freeze_depth_choices(cfg: SweepConfig) -> list[int | str]:
@@ -206,7 +217,7 @@ def trial_config(cfg: SweepConfig, params: dict[str, Any], trial_name: str) -> T
     changes: dict[str, Any] = {
         "model.freeze_depth": params["freeze_depth"],
         "learning_rate": float(params["learning_rate"]),
-        "storage": storage.join(sweep_uri(cfg), TRIALS_DIR),
+        "storage": sweep_layout(cfg).trials,
         "run_name": trial_name,
         "resume": None,
         "evaluate": False,
@@ -216,18 +227,19 @@ def trial_config(cfg: SweepConfig, params: dict[str, Any], trial_name: str) -> T
         changes["batch_size"] = int(params["batch_size"])
     if "augment" in params:
         changes["augment"] = AugmentConfig.preset(params["augment"])
-    if trial_index(trial_name) in cfg.fail_trials:
-        changes.update(fail_at_epoch=1, fail_mode="nan")
     return replace(cfg.base, **changes)
 
 
-def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | None = None) -> None:
-    """Tune's per-trial driver: one Ray Train run of this trial's TrainConfig."""
+def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | None = None,
+               env: dict[str, str] | None = None) -> None:
+    """Tune's per-trial driver: one Ray Train run of this trial's TrainConfig.
+    ``env``: the sweep driver's forwarded variables (``runtime.forwarded_env``),
+    which a trial driver on a running cluster would not otherwise see."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from imgrec.train import run_uri, train
 
+    os.environ.update(env or {})
     cfg = from_dict(SweepConfig, sweep)
     trial = trial_config(cfg, config, tune.get_context().get_trial_name())
     if _replay_epochs(run_uri(trial)) >= trial.epochs:
@@ -263,8 +275,6 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
     by default the driver loads and decodes it once for all trials."""
     from ray import tune
 
-    from imgrec.data import load_dataset
-    from imgrec.train import ensure_ray
 
     t0 = time.time()
     cfg = _prepare(cfg)
@@ -275,7 +285,7 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
           f"scheduler {cfg.scheduler}; data {data.summary()}", flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, dataset=data, sweep=to_dict(cfg)), TRIAL_DRIVER_RESOURCES
+        tune.with_parameters(_run_trial, dataset=data, sweep=to_dict(cfg), env=forwarded_env()), TRIAL_DRIVER_RESOURCES
     )
     grid = _tuner(cfg, trainable).fit()  # a trial error is recorded in the grid, not raised
 
@@ -295,13 +305,12 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
 def _prepare(cfg: SweepConfig) -> SweepConfig:
     """Absolute URIs (Tune runs trials in their own working folders), a name,
     the model's input size, and on resume the sweep's own saved config."""
-    from imgrec.train import default_run_name
 
     if cfg.resume and not cfg.name:
         raise ConfigError("resume needs the sweep's name (--name) and storage (--storage)")
     cfg = replace(cfg, storage=storage.normalize(cfg.storage), name=cfg.name or default_run_name("sweep"))
     storage.check_bucket(cfg.storage)  # a missing bucket fails here, with what to do
-    saved = storage.join(sweep_uri(cfg), SWEEP_FILE)
+    saved = sweep_layout(cfg).config
     if storage.exists(saved):
         if not cfg.resume:
             raise ConfigError(f"{sweep_uri(cfg)} already holds a sweep; resume it (--resume) or pick another --name")
@@ -369,7 +378,6 @@ def results_table(grid, cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 def _row(result, cfg: SweepConfig) -> dict[str, Any]:
-    from imgrec.train import read_history, run_uri
 
     name = _trial_name(result)
     trial = trial_config(cfg, result.config, name)
@@ -439,7 +447,7 @@ def _best(rows: list[dict[str, Any]], cfg: SweepConfig, data) -> dict[str, Any] 
         "config": ref.manifest.get("train_config"),
         "test_metrics": {},
     }
-    previous = storage.join(sweep_uri(cfg), BEST_FILE)
+    previous = sweep_layout(cfg).best
     previous = json.loads(storage.read_text(previous)) if storage.exists(previous) else {}
     if previous.get("checkpoint") == ref.uri and previous.get("test_metrics"):
         best["test_metrics"] = previous["test_metrics"]  # a resumed sweep: evaluated already
@@ -449,7 +457,6 @@ def _best(rows: list[dict[str, Any]], cfg: SweepConfig, data) -> dict[str, Any] 
 
 
 def _evaluate_best(checkpoint: str, data) -> dict[str, Any]:
-    from imgrec.evaluate import evaluate_dataset
 
     split, ds = ("test", data.test) if data.test is not None else ("val", data.val)
     if ds is None:
@@ -464,18 +471,18 @@ def _evaluate_best(checkpoint: str, data) -> dict[str, Any]:
 def write_results(uri: str, rows: list[dict[str, Any]], best: dict[str, Any] | None) -> dict[str, str]:
     """results.csv, results.parquet, sweep.png and best.json into the sweep folder."""
     files = {
-        "table_csv": storage.join(uri, "results.csv"),
-        "table_parquet": storage.join(uri, "results.parquet"),
-        "plot": storage.join(uri, "sweep.png"),
+        "table_csv": SweepLayout(uri).results_csv,
+        "table_parquet": SweepLayout(uri).results_parquet,
+        "plot": SweepLayout(uri).plot,
     }
     storage.atomic_write(files["table_csv"], table_csv(rows))
     storage.atomic_write(files["table_parquet"], table_parquet(rows))
     storage.atomic_write(files["plot"], sweep_png(rows))
     if best:
-        files["best"] = storage.join(uri, BEST_FILE)
+        files["best"] = SweepLayout(uri).best
         storage.atomic_write(files["best"], json.dumps(best, indent=1, default=str))
         if best.get("test_metrics"):
-            storage.atomic_write(storage.join(uri, "evaluation.json"), json.dumps(best["test_metrics"], indent=1))
+            storage.atomic_write(SweepLayout(uri).evaluation, json.dumps(best["test_metrics"], indent=1))
     for name, file in files.items():
         print(f"[imgrec] {name}: {file}", flush=True)
     return files
@@ -512,7 +519,6 @@ def sweep_png(rows: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from imgrec.report import _figure_bytes
 
     depths = sorted({r["freeze_depth"] for r in rows}, key=lambda d: (isinstance(d, str), d if isinstance(d, int) else 0))
     numeric = all(isinstance(d, int) for d in depths)

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
 
 def main(argv: list[str] | None = None) -> None:
     from imgrec.predict import predict_bucket
-    from imgrec.train import ensure_ray
+    from imgrec.runtime import ensure_ray
 
     cfg = parse_args(argv)
     ensure_ray()  # the job's cluster (RAY_ADDRESS), or a local one

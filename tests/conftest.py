@@ -148,11 +148,53 @@ def shapes_data(session_bucket, tmp_path_factory):
     return uri
 
 
+class HookTrace:
+    """A worker-loop hook that writes, per rank, the hook list it ran and the
+    entry points it saw (with each epoch's step count) to a local folder; the
+    hooks test compares the ranks. Pickled by value: workers cannot import conftest."""
+
+    name = "trace"
+    hook_list = None
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_begin(self, loop):
+        self.events, self.steps = [["train_begin"]], 0
+        self.hooks = [type(h).__name__ for h in self.hook_list.hooks]
+
+    def on_epoch_begin(self, loop, epoch):
+        self.events.append(["epoch_begin", epoch])
+        self.steps = 0
+
+    def on_train_batch_end(self, loop, step, totals):
+        self.steps += 1
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        self.events.append(["epoch_end", epoch, self.steps])
+
+    def on_train_end(self, loop):
+        import json
+
+        self.events.append(["train_end"])
+        with open(os.path.join(self.folder, f"rank-{loop.rank}.json"), "w") as fh:
+            json.dump({"hooks": self.hooks, "events": self.events}, fh)
+
+
 @pytest.fixture(scope="session")
-def trained_run(ray_cluster, shapes_data, session_bucket):
+def hook_traces(tmp_path_factory):
+    return tmp_path_factory.mktemp("hook-traces")
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces):
     """2-worker training with checkpoints in S3; a worker is killed in epoch 2 and
-    Ray Train restarts the group from the last checkpoint."""
+    Ray Train restarts the group from the last checkpoint. Every rank records the
+    hooks it ran (``HookTrace``)."""
+    from ray import cloudpickle
+
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+    from imgrec.hooks import fault_injection
     from imgrec.train import train
 
     cfg = TrainConfig(
@@ -171,8 +213,9 @@ def trained_run(ray_cluster, shapes_data, session_bucket):
         epochs=10,
         learning_rate=1e-3,
         lr_schedule="cosine",
-        fail_at_epoch=2,
         max_failures=2,
         keep_checkpoints=2,
     )
-    return cfg, train(cfg)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with fault_injection("crash", epoch=2, runs=["shared"]):  # the last worker dies at the start of epoch 2
+        return cfg, train(cfg, hooks=[HookTrace(str(hook_traces))])

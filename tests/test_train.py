@@ -62,11 +62,13 @@ def test_ray_data_actor_reloads_checkpoint_and_predicts(trained_run):
 
 def test_killed_worker_is_recovered_and_run_finishes(trained_run):
     cfg, result = trained_run
-    assert storage.exists(f"{result.run_uri}/.fault-injected")  # the worker really died
+    marker = storage.read_text(f"{result.run_uri}/.fault-injected")  # the worker really died
+    killed_in = int(marker.split("epoch")[-1])
+    assert killed_in == 2  # the fixture's fault_injection("crash", epoch=2)
     history = json.loads(storage.read_text(f"{result.run_uri}/history.json"))
     assert history["status"] == "finished"
     # Restarted from the checkpoint of the epoch before the failure, not from scratch.
-    assert history["restarts"] == result.restarts == [{"from_epoch": cfg.fail_at_epoch - 1}]
+    assert history["restarts"] == result.restarts == [{"from_epoch": killed_in - 1}]
     assert "Worker failures (1)" in storage.read_text(result.report_uri)
     assert [h["epoch"] for h in history["epochs"]] == list(range(1, cfg.epochs + 1))
 
@@ -158,6 +160,28 @@ def test_resume_continues_epochs_and_optimizer_state(trained_run):
     assert int(model.optimizer.iterations.numpy()) == latest.manifest["optimizer_iterations"]
     if cfg.lr_schedule == "cosine":  # stretched over the new length, not stuck at zero for the added epoch
         assert model.optimizer._learning_rate.decay_steps == steps_per_epoch * (cfg.epochs + 1)
+
+
+def test_resume_from_a_checkpoint_written_before_fault_injection_was_a_hook(trained_run, bucket):
+    """Manifests written by earlier versions carry ``fail_at_epoch``/``fail_mode`` in
+    their train_config; they are migrated on read, so such a run still resumes."""
+    from imgrec.config import TrainConfig
+    from imgrec.train import train
+
+    cfg, result = trained_run
+    latest = ckpt.resolve(result.run_uri, "latest")
+    run = f"{bucket}/runs/legacy"
+    old = f"{run}/checkpoint_2026-01-01_00-00-00.000000"
+    storage.atomic_write(f"{old}/model.keras", storage.read_bytes(f"{latest.uri}/model.keras"))
+    manifest = dict(latest.manifest)
+    manifest["train_config"] = {**manifest["train_config"], "fail_at_epoch": 2, "fail_mode": "crash",
+                                "storage": f"{bucket}/runs", "run_name": "legacy"}
+    storage.atomic_write(f"{old}/manifest.json", json.dumps(manifest))
+    resumed = train(TrainConfig(resume=run, epochs=cfg.epochs + 1, workers=1, evaluate=False, report=False))
+    assert resumed.run_uri == run
+    new = ckpt.resolve(run, "latest")
+    assert new.epoch == cfg.epochs + 1 and [h["epoch"] for h in resumed.history] == list(range(1, cfg.epochs + 2))
+    assert "fail_at_epoch" not in new.manifest["train_config"] and "fail_mode" not in new.manifest["train_config"]
 
 
 def test_course_cifar_path_on_in_memory_arrays(ray_cluster, bucket):

@@ -1,0 +1,385 @@
+"""Hooks around the worker loop (``imgrec.loop``), in the manner of Keras callbacks.
+
+Every rank runs every hook, in the same order: a hook that reads model variables
+(saving, digests) performs collectives, and a collective entered on one rank alone
+hangs. A hook that should act on one rank only (writing a file, reporting a
+checkpoint) still runs everywhere and checks ``loop.rank`` inside.
+
+Entry points: ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end``
+(given the epoch's running sums as device tensors: reading them is a host sync,
+so a step hook reads them rarely), ``on_epoch_end`` (given the epoch's metrics,
+which are also the last entry of ``loop.history``) and ``on_train_end``.
+
+``default_hooks`` is the order imgrec runs; ``train(cfg, hooks=[...])`` adds more
+before the timing hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from imgrec import checkpoint as ckpt
+from imgrec import storage
+from imgrec.layout import RunLayout
+from imgrec.loop_state import WorkerLoop
+from imgrec.runtime import FAULT_ENV, worker_echo
+from imgrec.stages import final_stage_trainable
+
+
+class Hook:
+    """Override any entry point; each gets the worker's ``WorkerLoop``."""
+
+    name = "hook"  # the key of this hook's time in the epoch record (``time_<name>_s``)
+    hook_list: HookList | None = None  # set by the HookList that runs it
+
+    def on_train_begin(self, loop: WorkerLoop) -> None:
+        pass
+
+    def on_epoch_begin(self, loop: WorkerLoop, epoch: int) -> None:
+        pass
+
+    def on_train_batch_end(self, loop: WorkerLoop, step: int, totals) -> None:
+        pass
+
+    def on_epoch_end(self, loop: WorkerLoop, epoch: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, loop: WorkerLoop) -> None:
+        pass
+
+
+class HookList:
+    """Calls the hooks in order and times each one's ``on_epoch_end`` into
+    ``timings`` (read by ``TimingHook``)."""
+
+    def __init__(self, hooks: list[Hook]):
+        self.hooks = list(hooks)
+        self.timings: dict[str, float] = {}
+        # Only hooks that override the step entry point are called per step.
+        self._step_hooks = [h for h in self.hooks if type(h).on_train_batch_end is not Hook.on_train_batch_end]
+        for hook in self.hooks:
+            hook.hook_list = self
+
+    def on_train_begin(self, loop: WorkerLoop) -> None:
+        for hook in self.hooks:
+            hook.on_train_begin(loop)
+
+    def on_epoch_begin(self, loop: WorkerLoop, epoch: int) -> None:
+        self.timings = {}
+        for hook in self.hooks:
+            hook.on_epoch_begin(loop, epoch)
+
+    def on_train_batch_end(self, loop: WorkerLoop, step: int, totals) -> None:
+        for hook in self._step_hooks:
+            hook.on_train_batch_end(loop, step, totals)
+
+    def on_epoch_end(self, loop: WorkerLoop, epoch: int, metrics: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            t0 = time.perf_counter()
+            hook.on_epoch_end(loop, epoch, metrics)
+            self.timings[hook.name] = self.timings.get(hook.name, 0.0) + time.perf_counter() - t0
+
+    def on_train_end(self, loop: WorkerLoop) -> None:
+        for hook in self.hooks:
+            hook.on_train_end(loop)
+
+
+def default_hooks(loop: WorkerLoop, extra: list[Hook] | None = None) -> list[Hook]:
+    """imgrec's hooks in the order they run. History is written before the
+    checkpoint is reported (a trial Tune stops after a report keeps its record);
+    the replica digests come before the final history, which marks the run finished."""
+    hooks: list[Hook] = []
+    fault = FaultInjection.from_env(loop.run.name)
+    if fault is not None:
+        hooks.append(fault)
+    hooks += [TerminateOnNonFinite(), ProgressHook(), TensorBoardHook(), ReplicaDigestHook(), HistoryHook(),
+              CheckpointHook()]
+    if loop.cfg.early_stopping_patience:
+        hooks.append(EarlyStopping(loop.cfg.early_stopping_patience))
+    return hooks + list(extra or []) + [TimingHook()]
+
+
+def finite(metrics: dict[str, Any]) -> bool:
+    return math.isfinite(metrics["loss"]) and math.isfinite(metrics["val_loss"])
+
+
+# =========================================================================== the hooks
+
+
+class TerminateOnNonFinite(Hook):
+    """A NaN or infinite loss ends the run on every rank (they all see the same
+    all-reduced loss). Not retried: a restart from the last checkpoint would
+    diverge the same way, so the driver raises ``NonFiniteLossError``."""
+
+    name = "nonfinite"
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        if not finite(metrics):
+            loop.status = "nonfinite"
+            loop.stop_training = True
+
+
+class ProgressHook(Hook):
+    """Rank 0's console: four step lines and one summary line per epoch."""
+
+    name = "progress"
+
+    def on_train_batch_end(self, loop, step, totals):
+        if loop.rank != 0 or (step + 1) % max(1, loop.steps_per_epoch // 4):
+            return
+        loss = float(totals[0]) / max(float(totals[2]), 1.0)  # a host sync, four times an epoch
+        loop.say(f"epoch {self.epoch + 1}/{loop.cfg.epochs} step {step + 1}/{loop.steps_per_epoch} "
+                 f"loss {loss:.4f}")
+
+    def on_epoch_begin(self, loop, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        loop.say(
+            f"epoch {epoch + 1}/{loop.cfg.epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
+            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
+            f"({metrics['images']:.0f} images, {metrics['images_per_s']:.0f} img/s)"
+        )
+
+
+class TensorBoardHook(Hook):
+    """Rank 0 writes scalars to a local event file and uploads it to
+    ``<run>/tensorboard/`` every epoch (TensorFlow cannot write ``s3://`` here)."""
+
+    name = "tensorboard_events"
+    SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+    def on_train_begin(self, loop):
+        import tensorflow as tf
+
+        self.local = tempfile.mkdtemp(prefix="imgrec-tb-") if loop.rank == 0 else None
+        self.writer = tf.summary.create_file_writer(self.local) if self.local else None
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        if self.writer is None:
+            return
+        import tensorflow as tf
+
+        with self.writer.as_default(step=epoch + 1):
+            for key in self.SCALARS:
+                tf.summary.scalar(key, metrics[key])
+        self.writer.flush()
+        storage.upload_dir(self.local, loop.run.tensorboard, progress=False)
+
+    def on_train_end(self, loop):
+        if self.writer is not None:
+            self.writer.close()
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+class HistoryHook(Hook):
+    """Rank 0 keeps ``history.json``: every epoch, the run's status, and each time
+    Ray Train restarted the worker group from a checkpoint (``restarts``: the
+    epoch it resumed after)."""
+
+    name = "history"
+
+    def on_train_begin(self, loop):
+        self.restarts: list[dict[str, int]] = []
+        if loop.rank == 0 and loop.restored_from is not None:
+            self.restarts = read_history(loop.run.uri).get("restarts", [])
+            if loop.restored_from == "ray":
+                self.restarts = [*self.restarts, {"from_epoch": loop.start_epoch}]
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        self._write(loop)
+
+    def on_train_end(self, loop):
+        self._write(loop)
+
+    def _write(self, loop):
+        if loop.rank == 0:
+            write_history(loop.run, loop.history, loop.status, self.restarts)
+
+
+class CheckpointHook(Hook):
+    """Every rank saves (saving reads sync-on-read BatchNorm statistics: a
+    collective); rank 0 alone hands its folder to ``ray.train.report``, which
+    uploads it to the run's storage. A non-finite epoch reports without one."""
+
+    name = "checkpoint"
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        import ray.train
+
+        if loop.status == "nonfinite":
+            ray.train.report({**metrics, "status": "nonfinite"})
+            return
+        local = tempfile.mkdtemp(prefix=f"imgrec-ckpt-r{loop.rank}-")
+        try:
+            self.save(loop, epoch, metrics, local)
+            checkpoint = ray.train.Checkpoint.from_directory(local) if loop.rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    @staticmethod
+    def save(loop, epoch, metrics, directory: str) -> None:
+        manifest = {**loop.manifest_base, "epoch": epoch + 1, "metrics": metrics, "history": loop.history,
+                    "freeze_depth": loop.stage, "optimizer_iterations": metrics["optimizer_iterations"]}
+        # In scope, sync-on-read BatchNorm statistics are all-reduced while saving.
+        with loop.strategy.scope(), final_stage_trainable(loop.model, loop.cfg, loop.stage):
+            ckpt.write_checkpoint(loop.model, directory, manifest)
+
+
+class EarlyStopping(Hook):
+    """Stop when val_accuracy has not improved for ``patience`` epochs (counted
+    from the best epoch of a restored history too)."""
+
+    name = "early_stopping"
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_train_begin(self, loop):
+        self.best = max([h.get("val_accuracy", -1) for h in loop.history] or [-1])
+        self.stale = 0
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        if loop.status == "nonfinite":
+            return
+        if metrics["val_accuracy"] > self.best:
+            self.best, self.stale = metrics["val_accuracy"], 0
+            return
+        self.stale += 1
+        if self.stale >= self.patience:
+            loop.say(f"early stopping: val_accuracy has not improved for {self.stale} epochs "
+                     f"(best {self.best:.4f})")
+            loop.stop_training = True
+
+
+class TimingHook(Hook):
+    """Wall-clock seconds of the epoch and of every hook before it, into the
+    epoch's record (``epoch_time_s``, ``time_<hook>_s``). It runs last; the
+    history hook writes them with the next epoch (and at the end of the run)."""
+
+    name = "timing"
+
+    def on_epoch_begin(self, loop, epoch):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        for name, seconds in self.hook_list.timings.items():
+            metrics[f"time_{name}_s"] = seconds
+        metrics["epoch_time_s"] = time.perf_counter() - self.t0
+
+
+class ReplicaDigestHook(Hook):
+    """Every rank records a digest of its final weights in ``<run>/replicas/``, so a
+    divergence between workers (a broken all-reduce) is visible, not silent."""
+
+    name = "replica_digest"
+
+    def on_train_end(self, loop):
+        if loop.status == "nonfinite":
+            return
+        with loop.strategy.scope():
+            digest = weights_digest(loop.model)
+        storage.atomic_write(loop.run.replica(loop.rank), json.dumps({"rank": loop.rank, "weights_sha256": digest}))
+
+
+def weights_digest(model) -> dict[str, str]:
+    """SHA-256 of the trainable and of the non-trainable weights. Reading a
+    sync-on-read variable (BatchNorm statistics) aggregates across workers, so
+    every rank must call this, in the same order."""
+    import numpy as np
+
+    digests = {}
+    for name, weights in (("trainable", model.trainable_weights), ("non_trainable", model.non_trainable_weights)):
+        digest = hashlib.sha256()
+        for weight in weights:
+            digest.update(np.ascontiguousarray(np.asarray(weight.value.read_value())).tobytes())
+        digests[name] = digest.hexdigest()
+    return digests
+
+
+# =========================================================================== history.json
+
+
+def write_history(run: RunLayout, history: list[dict], status: str, restarts: list[dict]) -> None:
+    record = {"status": status, "epochs": history, "restarts": restarts}
+    storage.atomic_write(run.history, json.dumps(record, indent=1))
+
+
+def read_history(run_uri: str) -> dict[str, Any]:
+    uri = RunLayout(run_uri).history
+    if not storage.exists(uri):
+        return {"status": "missing", "epochs": []}
+    return json.loads(storage.read_text(uri))
+
+
+# =========================================================================== fault injection (tests)
+
+FAULT_MODES = ("crash", "nan")
+
+
+class FaultInjection(Hook):
+    """Test hook, switched on by ``$IMGREC_FAULT_INJECTION`` (JSON: ``mode``,
+    ``epoch``, optional ``runs``: run names it applies to). ``crash``: the last
+    rank's process dies once, at the start of ``epoch`` (1-based), and Ray Train
+    restarts the worker group from the last checkpoint. ``nan``: the loss of
+    ``epoch`` and later becomes NaN, exercising the non-finite path end to end."""
+
+    name = "fault"
+
+    def __init__(self, mode: str, epoch: int):
+        if mode not in FAULT_MODES:
+            raise ValueError(f"{FAULT_ENV}: mode must be one of {FAULT_MODES}, got {mode!r}")
+        self.mode, self.epoch = mode, int(epoch)
+
+    @classmethod
+    def from_env(cls, run_name: str) -> FaultInjection | None:
+        raw = os.environ.get(FAULT_ENV)
+        if not raw:
+            return None
+        spec = json.loads(raw)
+        if spec.get("runs") is not None and run_name not in spec["runs"]:
+            return None
+        return cls(spec["mode"], spec["epoch"])
+
+    def on_epoch_begin(self, loop, epoch):
+        if self.mode != "crash" or epoch + 1 != self.epoch or loop.rank != loop.world - 1:
+            return
+        marker = loop.run.fault_marker
+        if storage.exists(marker):
+            return  # once per run: the restarted group goes on
+        storage.atomic_write(marker, f"worker {loop.rank} killed in epoch {epoch + 1}\n")
+        # Train V2's controller learns of a reported checkpoint when it next polls the
+        # workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default). Dying right
+        # after the report would restart the group from scratch, not from that
+        # checkpoint, and the test would not exercise recovery; so wait two polls.
+        time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
+        worker_echo(f"[imgrec] fault injection: killing worker {loop.rank} in epoch {epoch + 1}")
+        os._exit(1)
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        if self.mode == "nan" and epoch + 1 >= self.epoch:
+            metrics["loss"] = float("nan")
+
+
+@contextlib.contextmanager
+def fault_injection(mode: str, epoch: int, runs: list[str] | None = None):
+    """Switch ``FaultInjection`` on for the runs started inside the block (tests)."""
+    FaultInjection(mode, epoch)  # validates
+    previous = os.environ.get(FAULT_ENV)
+    os.environ[FAULT_ENV] = json.dumps({"mode": mode, "epoch": epoch, "runs": runs})
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(FAULT_ENV, None)
+        else:
+            os.environ[FAULT_ENV] = previous

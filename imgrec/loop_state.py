@@ -1,0 +1,52 @@
+"""The state one worker's loop shares with its hooks, and the loop's tuning knobs.
+A module of its own so that ``imgrec.loop`` and ``imgrec.hooks`` both import it
+and neither imports the other's caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgrec.config import TrainConfig
+from imgrec.layout import RunLayout
+from imgrec.runtime import worker_echo
+
+
+@dataclass
+class LoopOptions:
+    """Knobs of the worker's input pipeline and TensorFlow pools, for experiments
+    (``benchmarks/train_throughput.py``); the defaults are what imgrec runs."""
+
+    prefetch: int = 2  # tf.data prefetch depth per worker; -1: tf.data.AUTOTUNE
+    tf_data_autotune: bool = True  # tf.data's autotuning model thread
+    persistent_iterator: bool = False  # one training iterator for the whole run, not one per epoch
+    intra_op_threads: int | None = None  # None: TensorFlow's default
+    inter_op_threads: int | None = None
+
+
+@dataclass
+class WorkerLoop:
+    """What one worker's loop and its hooks share. Hooks read it and may set
+    ``stop_training``; the loop owns everything else."""
+
+    cfg: TrainConfig
+    run: RunLayout
+    rank: int
+    world: int
+    class_names: list[str]
+    manifest_base: dict[str, Any]
+    steps_per_epoch: int
+    global_batch: int
+    strategy: Any = None
+    model: Any = None
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    restored_from: str | None = None  # "ray" (a worker-group restart) | "uri" (--resume) | None
+    stage: int | str | None = None  # the freeze depth in force
+    status: str = "running"  # running | nonfinite | finished
+    stop_training: bool = False
+
+    def say(self, *parts: Any) -> None:
+        """A progress line from rank 0 (every rank runs the same code)."""
+        if self.rank == 0:
+            worker_echo(f"[imgrec] {' '.join(str(p) for p in parts)}")

@@ -1,0 +1,36 @@
+"""Two-stage transfer: which freeze depth is in force when, and the final stage's
+trainable set for building and saving the optimizer. Keras is imported lazily
+(through ``imgrec.models``), so the loop and its hooks can share this module."""
+
+from __future__ import annotations
+
+from imgrec.config import TrainConfig
+
+
+def stage_freeze_depth(cfg: TrainConfig, epoch: int) -> int | str:
+    """The whole backbone frozen for the first ``head_epochs``, then ``freeze_depth``."""
+    return "all" if epoch < cfg.head_epochs else cfg.model.freeze_depth
+
+
+class final_stage_trainable:
+    """The final stage's trainable flags for the duration of a block. Loading a
+    ``model.keras`` builds the optimizer on the trainable variables, so its state
+    (built for every stage) must be built and saved with the last stage's set."""
+
+    def __init__(self, model, cfg: TrainConfig, stage):
+        self.model, self.cfg, self.stage = model, cfg, stage
+        self.switch = cfg.head_epochs > 0 and stage != cfg.model.freeze_depth
+
+    def __enter__(self):
+        from imgrec import models
+
+        if self.switch:
+            models.set_freeze_depth(self.model, self.cfg.model.freeze_depth)
+        return self.model
+
+    def __exit__(self, *exc):
+        from imgrec import models
+
+        if self.switch:
+            models.set_freeze_depth(self.model, self.stage)
+        return False
