@@ -58,6 +58,7 @@ except ImportError:  # not installed on its own: Ray ships it (ray/thirdparty_fi
     import psutil
 
 from imgrec.hooks import Hook  # noqa: E402  (no TensorFlow: the env above is set first anyway)
+from imgrec.runtime import worker_echo  # noqa: E402
 
 # --------------------------------------------------------------------------- sampling
 
@@ -338,10 +339,11 @@ class ThreadCpuHook(Hook):
         wall = time.perf_counter() - self.wall
         steps = max(1, loop.steps_per_epoch)
         by_thread = sorted(((k, v - self.cpu.get(k, 0.0)) for k, v in _thread_cpu().items()), key=lambda kv: -kv[1])
-        print(f"[bench] rank {loop.rank} epoch {epoch + 1}: data wait {1e3 * metrics['data_wait_s'] / steps:.1f} "
-              f"ms/step, rest of the step {1e3 * (metrics['train_time_s'] - metrics['data_wait_s']) / steps:.1f} "
-              f"ms/step; worker CPU by thread, cores busy over {wall:.0f}s: "
-              + ", ".join(f"{k} {v / wall:.2f}" for k, v in by_thread if v / wall >= 0.005), flush=True)
+        busy = ", ".join(f"{k} {v / wall:.2f}" for k, v in by_thread if v / wall >= 0.005)
+        step_ms = 1e3 * (metrics["train_time_s"] - metrics["data_wait_s"]) / steps
+        worker_echo(f"[bench] rank {loop.rank} epoch {epoch + 1}: data wait {1e3 * metrics['data_wait_s'] / steps:.1f} "
+                    f"ms/step, rest of the step {step_ms:.1f} ms/step; worker CPU by thread, cores busy over "
+                    f"{wall:.0f}s: {busy}")
 
 
 def _thread_cpu() -> dict[str, float]:

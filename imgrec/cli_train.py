@@ -34,9 +34,9 @@ def parse_freeze(text: str) -> int | str:
 def build_config(
     *, data: str | None, storage: str, run_name: str | None, model: str, weights: str, freeze_depth: str,
     head: str, dropout: float, alpha: float | None, image_size: str | None, resize: str, validation_split: float,
-    split_seed: int, augment: str, workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int,
+    split_seed: int, augment: str, workers: int | str, cpus_per_worker: float, gpus_per_worker: float, batch_size: int,
     epochs: int, optimizer: str, lr: float, lr_schedule: str, early_stopping: int | None, head_epochs: int,
-    fine_tune_lr_factor: float, seed: int, keep: int, resume: str | None, max_failures: int, evaluate: bool,
+    fine_tune_lr_factor: float, seed: int, keep: int, checkpoint_every: int, resume: str | None, max_failures: int, evaluate: bool,
     report: bool,
 ) -> TrainConfig:
     if not data and not resume:
@@ -66,6 +66,7 @@ def build_config(
         fine_tune_lr_factor=fine_tune_lr_factor,
         seed=seed,
         keep_checkpoints=keep,
+        checkpoint_every=checkpoint_every,
         resume=resume,
         max_failures=max_failures,
         evaluate=evaluate,
@@ -92,8 +93,9 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         validation_split: Annotated[float, Opt(help="Fraction held out for validation.")] = 0.3,
         split_seed: Annotated[int, Opt(help="Seed of the deterministic split.")] = 0,
         augment: Annotated[str, Opt(help="Augmentation preset: none | light | course.")] = default_augment,
-        workers: Annotated[int, Opt(help="Ray Train workers.")] = 2,
-        cpus_per_worker: Annotated[float, Opt(help="CPUs per worker.")] = 1.0,
+        workers: Annotated[str, Opt(help="Ray Train workers: auto (one per GPU, else one per node, "
+                                         "sized to its cores) or a count.")] = "auto",
+        cpus_per_worker: Annotated[float, Opt(help="CPUs per worker, with a worker count.")] = 1.0,
         gpus_per_worker: Annotated[float, Opt(help="GPUs per worker.")] = 0.0,
         batch_size: Annotated[int, Opt(help="GLOBAL batch size (split across workers).")] = 32,
         epochs: Annotated[int, Opt(help="Total epochs (a resumed run continues up to this).")] = 10,
@@ -105,6 +107,8 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         fine_tune_lr_factor: Annotated[float, Opt(help="Two-stage: stage-two lr = lr x factor.")] = 0.1,
         seed: Annotated[int, Opt(help="Random seed.")] = 0,
         keep: Annotated[int, Opt(help="Best checkpoints kept (the latest is kept too).")] = 2,
+        checkpoint_every: Annotated[int, Opt(help="Epochs between checkpoints (an improving epoch and the "
+                                                  "last one are always saved).")] = 1,
         resume: Annotated[str, Opt(help="Continue a run (run or checkpoint URI).")] = None,
         max_failures: Annotated[int, Opt(help="Worker-group restarts from the last checkpoint.")] = 1,
         evaluate: Annotated[bool, Opt(help="Evaluate on the test tree at the end.")] = True,

@@ -44,8 +44,9 @@ def tune_command(
     augment_presets: Annotated[str, Opt(help="Presets to try, e.g. none,light,course (default: --augment).")] = None,
     augment: Annotated[str, Opt(help="Augmentation preset when not swept: none | light | course.")] = "light",
     batch_size: Annotated[int, Opt(help="GLOBAL batch size when not swept.")] = 32,
-    workers: Annotated[int, Opt(help="Ray Train workers per trial.")] = 1,
-    cpus_per_worker: Annotated[float, Opt(help="CPUs per worker.")] = 1.0,
+    workers: Annotated[str, Opt(help="Ray Train workers per trial: auto (the cores shared by the trials "
+                                     "running at once) or a count.")] = "auto",
+    cpus_per_worker: Annotated[float, Opt(help="CPUs per worker, with a worker count.")] = 1.0,
     gpus_per_worker: Annotated[float, Opt(help="GPUs per worker.")] = 0.0,
     max_concurrent: Annotated[int, Opt(help="Trials at once (default: as many as the cluster's CPUs fit).")] = None,
     scheduler: Annotated[str, Opt(help="asha (stop weak trials early) | fifo.")] = "asha",

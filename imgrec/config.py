@@ -167,8 +167,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     storage: str = "./runs"  # run folders live under <storage>/<run_name>/
     run_name: str | None = None
-    workers: int = 2
-    cpus_per_worker: float = 1.0
+    # "auto": one per GPU, else one per node with its cores (imgrec.placement); or a count
+    workers: int | str = "auto"
+    cpus_per_worker: float = 1.0  # with a worker count; "auto" sizes workers itself
     gpus_per_worker: float = 0.0
     batch_size: int = 32  # GLOBAL batch: each of W workers takes batch_size // W per step
     epochs: int = 10
@@ -180,24 +181,35 @@ class TrainConfig:
     fine_tune_lr_factor: float = 0.1  # stage-two learning rate = learning_rate * factor
     seed: int = 0
     keep_checkpoints: int = 2  # best K by val_accuracy (the latest is always kept too)
+    checkpoint_every: int = 1  # epochs between checkpoints; an improving epoch and the last one always save
     resume: str | None = None  # run or checkpoint URI to continue from
     max_failures: int = 1  # Ray restarts the worker group from the last checkpoint
     evaluate: bool = True  # evaluate on <data>/test (or the validation split) at the end
     report: bool = True
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.batch_size < self.workers:
+        self.workers = parse_workers(self.workers)
+        if self.workers != "auto" and self.batch_size < self.workers:
             raise ConfigError(
                 f"batch_size {self.batch_size} is the global batch and must be >= workers ({self.workers})"
             )
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1 (epochs), got {self.checkpoint_every}")
 
-    @property
-    def per_worker_batch_size(self) -> int:
-        return self.batch_size // self.workers
+
+def parse_workers(value: int | str) -> int | str:
+    """``"auto"`` or a worker count >= 1 (also given as text, as the CLI does)."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}") from None
+    if count < 1 or str(count) != str(value).strip():
+        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}")
+    return count
 
 
 SWEEP_SCHEDULERS = ("asha", "fifo")
@@ -241,7 +253,7 @@ class SweepConfig:
             if getattr(self, name) is not None and not getattr(self, name):
                 raise ConfigError(f"{name} must be None (the default) or a non-empty list")
         for size in self.batch_sizes or []:
-            if int(size) < self.base.workers:
+            if self.base.workers != "auto" and int(size) < self.base.workers:
                 raise ConfigError(f"batch size {size} is a global batch and must be >= workers ({self.base.workers})")
         for preset in self.augment_presets or []:
             AugmentConfig.preset(preset)  # raises on an unknown name, listing the known ones

@@ -23,11 +23,12 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import storage, timing
 from imgrec.layout import RunLayout
 from imgrec.loop_state import WorkerLoop
 from imgrec.runtime import FAULT_ENV, worker_echo
@@ -93,18 +94,21 @@ class HookList:
 
 
 def default_hooks(loop: WorkerLoop, extra: list[Hook] | None = None) -> list[Hook]:
-    """imgrec's hooks in the order they run. History is written before the
-    checkpoint is reported (a trial Tune stops after a report keeps its record);
-    the replica digests come before the final history, which marks the run finished."""
+    """imgrec's hooks in the order they run. Early stopping decides before the
+    checkpoint hook, which always saves the last epoch; timing comes after every
+    other hook, and the history last, so ``history.json`` holds each epoch whole.
+    (Writing it after the report is safe: Ray Train's controller learns of a report
+    only at its next poll of the workers, seconds later, so Tune cannot stop a
+    trial in between.) The replica digests come before the final history, which
+    marks the run finished."""
     hooks: list[Hook] = []
     fault = FaultInjection.from_env(loop.run.name)
     if fault is not None:
         hooks.append(fault)
-    hooks += [TerminateOnNonFinite(), ProgressHook(), TensorBoardHook(), ReplicaDigestHook(), HistoryHook(),
-              CheckpointHook()]
+    hooks += [TerminateOnNonFinite(), ProgressHook(), TensorBoardHook(), ReplicaDigestHook()]
     if loop.cfg.early_stopping_patience:
         hooks.append(EarlyStopping(loop.cfg.early_stopping_patience))
-    return hooks + list(extra or []) + [TimingHook()]
+    return hooks + [CheckpointHook()] + list(extra or []) + [TimingHook(), HistoryHook()]
 
 
 def finite(metrics: dict[str, Any]) -> bool:
@@ -190,9 +194,14 @@ class HistoryHook(Hook):
     def on_train_begin(self, loop):
         self.restarts: list[dict[str, int]] = []
         if loop.rank == 0 and loop.restored_from is not None:
-            self.restarts = read_history(loop.run.uri).get("restarts", [])
+            previous = read_history(loop.run.uri)
+            self.restarts = previous.get("restarts", [])
             if loop.restored_from == "ray":
                 self.restarts = [*self.restarts, {"from_epoch": loop.start_epoch}]
+            # A checkpoint's history was written before its epoch's timing was complete;
+            # history.json has each epoch's whole record.
+            recorded = {h["epoch"]: h for h in previous.get("epochs", [])}
+            loop.history = [{**h, **recorded.get(h["epoch"], {})} for h in loop.history]
 
     def on_epoch_end(self, loop, epoch, metrics):
         self._write(loop)
@@ -202,15 +211,29 @@ class HistoryHook(Hook):
 
     def _write(self, loop):
         if loop.rank == 0:
-            write_history(loop.run, loop.history, loop.status, self.restarts)
+            write_history(loop.run, loop.history, loop.status, self.restarts, loop.startup)
 
 
 class CheckpointHook(Hook):
-    """Every rank saves (saving reads sync-on-read BatchNorm statistics: a
-    collective); rank 0 alone hands its folder to ``ray.train.report``, which
-    uploads it to the run's storage. A non-finite epoch reports without one."""
+    """Reports every epoch's metrics; saves a checkpoint every ``checkpoint_every``
+    epochs, on an improving epoch and on the last one (the run's end, or early
+    stopping). Every rank saves (saving reads sync-on-read BatchNorm statistics:
+    a collective); rank 0 alone hands its folder to ``ray.train.report``, which
+    uploads it in the background (``CheckpointUploadMode.ASYNC``: one upload
+    thread, the local folder deleted once uploaded, a failed upload fails the run,
+    and the run ends only when its uploads have). The upload is ours (``upload``):
+    ``model.keras`` first, ``manifest.json`` last, so a manifest in storage always
+    means a whole checkpoint. Rank 0 waits for the previous upload before handing
+    on the next: at most one is in flight, none queue up. A non-finite epoch
+    reports without a checkpoint."""
 
     name = "checkpoint"
+
+    def on_train_begin(self, loop):
+        self.best = max([h.get("val_accuracy", float("-inf")) for h in loop.history] or [float("-inf")])
+        self.uploaded = threading.Event()
+        self.uploaded.set()  # nothing in flight
+        self.last_upload_s = 0.0
 
     def on_epoch_end(self, loop, epoch, metrics):
         import ray.train
@@ -218,13 +241,52 @@ class CheckpointHook(Hook):
         if loop.status == "nonfinite":
             ray.train.report({**metrics, "status": "nonfinite"})
             return
+        if not self.due(loop, epoch, metrics):
+            ray.train.report(metrics)
+            return
+        t0 = time.perf_counter()
+        self.uploaded.wait()
+        metrics["upload_wait_s"], metrics["last_upload_s"] = time.perf_counter() - t0, self.last_upload_s
         local = tempfile.mkdtemp(prefix=f"imgrec-ckpt-r{loop.rank}-")
-        try:
-            self.save(loop, epoch, metrics, local)
-            checkpoint = ray.train.Checkpoint.from_directory(local) if loop.rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
-        finally:
+        self.save(loop, epoch, metrics, local)
+        mode = ray.train.CheckpointUploadMode.ASYNC
+        if loop.rank == 0:
+            self.uploaded.clear()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
+                             checkpoint_upload_mode=mode, checkpoint_upload_fn=self.upload,
+                             delete_local_checkpoint_after_upload=True)
+        else:
             shutil.rmtree(local, ignore_errors=True)
+            ray.train.report(metrics, checkpoint_upload_mode=mode)
+
+    def due(self, loop, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Save this epoch? Every ``checkpoint_every`` epochs, an improving one, the
+        last one. val_accuracy is all-reduced, so every rank decides alike."""
+        improved = metrics["val_accuracy"] > self.best
+        self.best = max(self.best, metrics["val_accuracy"])
+        every = loop.cfg.checkpoint_every
+        return improved or (epoch + 1) % every == 0 or epoch + 1 == loop.cfg.epochs or loop.stop_training
+
+    def upload(self, checkpoint, dir_name: str):
+        """Ray's upload thread: the checkpoint's files into ``<run>/<dir_name>/``,
+        the manifest last; signals the loop when done, whether or not it worked."""
+        import pyarrow.fs
+        import ray.train
+
+        t0 = time.perf_counter()
+        try:
+            run = ray.train.get_context().get_storage()
+            dest = f"{run.experiment_fs_path}/{dir_name}"
+            names = sorted(os.listdir(checkpoint.path), key=lambda n: n == ckpt.MANIFEST_FILE)  # manifest last
+            run.storage_filesystem.create_dir(dest, recursive=True)  # a no-op on S3
+            for name in names:
+                pyarrow.fs.copy_files(os.path.join(checkpoint.path, name), f"{dest}/{name}",
+                                      source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                      destination_filesystem=run.storage_filesystem)
+            return ray.train.Checkpoint(dest, filesystem=run.storage_filesystem)
+        finally:
+            self.last_upload_s = time.perf_counter() - t0
+            self.uploaded.set()
 
     @staticmethod
     def save(loop, epoch, metrics, directory: str) -> None:
@@ -262,19 +324,17 @@ class EarlyStopping(Hook):
 
 
 class TimingHook(Hook):
-    """Wall-clock seconds of the epoch and of every hook before it, into the
-    epoch's record (``epoch_time_s``, ``time_<hook>_s``). It runs last; the
-    history hook writes them with the next epoch (and at the end of the run)."""
+    """Completes the epoch's breakdown (``imgrec.timing``): every hook's time
+    before it (``time_<hook>_s``), the epoch's wall clock (``epoch_time_s``) and
+    what no phase covers (``unaccounted_s``). Only the history hook runs after it."""
 
     name = "timing"
-
-    def on_epoch_begin(self, loop, epoch):
-        self.t0 = time.perf_counter()
 
     def on_epoch_end(self, loop, epoch, metrics):
         for name, seconds in self.hook_list.timings.items():
             metrics[f"time_{name}_s"] = seconds
-        metrics["epoch_time_s"] = time.perf_counter() - self.t0
+        metrics["epoch_time_s"] = time.perf_counter() - loop.epoch_started
+        metrics[timing.UNACCOUNTED] = timing.unaccounted(metrics)
 
 
 class ReplicaDigestHook(Hook):
@@ -309,8 +369,9 @@ def weights_digest(model) -> dict[str, str]:
 # =========================================================================== history.json
 
 
-def write_history(run: RunLayout, history: list[dict], status: str, restarts: list[dict]) -> None:
-    record = {"status": status, "epochs": history, "restarts": restarts}
+def write_history(run: RunLayout, history: list[dict], status: str, restarts: list[dict],
+                  startup: dict[str, float] | None = None) -> None:
+    record = {"status": status, "epochs": history, "restarts": restarts, "startup": startup or {}}
     storage.atomic_write(run.history, json.dumps(record, indent=1))
 
 

@@ -71,6 +71,7 @@ class RunLayout(_Folder):
     REPORT = "report.html"
     HISTORY_PLOT = "history.png"
     CONFUSION_PLOT = "confusion.png"
+    TIMING_PLOT = "timing.png"
     TENSORBOARD = "tensorboard"
     REPLICAS = "replicas"
     FAULT_MARKER = ".fault-injected"  # written by the test-only fault hook
@@ -88,6 +89,7 @@ class RunLayout(_Folder):
     report = _child(REPORT)
     history_plot = _child(HISTORY_PLOT)
     confusion_plot = _child(CONFUSION_PLOT)
+    timing_plot = _child(TIMING_PLOT)
     tensorboard = _child(TENSORBOARD)
     fault_marker = _child(FAULT_MARKER)
 

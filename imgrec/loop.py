@@ -34,6 +34,7 @@ from imgrec.data import shard_batches
 from imgrec.layout import RunLayout
 from imgrec.loop_state import LoopOptions, WorkerLoop
 from imgrec.stages import final_stage_trainable, stage_freeze_depth
+from imgrec.timing import timed
 
 # =========================================================================== entry point
 
@@ -42,9 +43,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: build or restore, then epochs with hooks."""
     loop = _worker_loop(loop_config)
     options = LoopOptions(**loop_config.get("options", {}))
-    _configure_tensorflow(options, loop.cfg.seed)
-    restore_or_build(loop, loop_config.get("resume_checkpoint"))
-    data = _datasets(loop, options, loop_config["has_val"])
+    with timed(loop.startup, "worker_tensorflow_s"):
+        _configure_tensorflow(options, loop.cfg.seed)
+    with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
+        restore_or_build(loop, loop_config.get("resume_checkpoint"))
+    with timed(loop.startup, "worker_datasets_s"):
+        data = _datasets(loop, options, loop_config["has_val"])
     hooks = hooklib.HookList(hooklib.default_hooks(loop, loop_config.get("hooks")))
     hooks.on_train_begin(loop)
     if loop.start_epoch >= loop.cfg.epochs:
@@ -52,12 +56,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps = None
     sync_statistics = batchnorm_sync(loop.strategy, loop.model)
     for epoch in range(loop.start_epoch, loop.cfg.epochs):
+        loop.epoch_started, loop.phases = time.perf_counter(), {}
         if stage_freeze_depth(loop.cfg, epoch) != loop.stage:
-            steps = enter_stage(loop, epoch)
+            with timed(loop.phases, "stage_s"):
+                steps = enter_stage(loop, epoch)
         hooks.on_epoch_begin(loop, epoch)
         metrics = train_epoch(loop, epoch, steps[0], data["train"], hooks)
-        sync_statistics()  # before validation, so it scores the model the checkpoint holds
+        with timed(loop.phases, "bn_sync_s"):
+            sync_statistics()  # before validation, so it scores the model the checkpoint holds
         metrics.update(validate(steps[1], data.get("val")) or _train_as_val(metrics))
+        metrics.update(loop.phases)
         metrics["optimizer_iterations"] = int(loop.model.optimizer.iterations.numpy())
         loop.history.append(metrics)
         hooks.on_epoch_end(loop, epoch, metrics)
@@ -69,16 +77,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> WorkerLoop:
+    """The worker's state; its start-up record begins with the driver's phases and
+    the time from the driver handing over to Ray Train until this worker ran."""
     import ray.train
 
+    started = time.time()
     cfg: TrainConfig = from_dict(TrainConfig, loop_config["train"])
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
     per_worker = cfg.batch_size // world
+    startup = {**loop_config.get("driver_phases", {}),
+               "ray_train_start_s": max(0.0, started - loop_config.get("handed_over_at", started))}
     return WorkerLoop(
         cfg=cfg, run=RunLayout(loop_config["run_uri"]), rank=ctx.get_world_rank(), world=world,
         class_names=loop_config["class_names"], manifest_base=loop_config["manifest_base"],
         steps_per_epoch=max(1, loop_config["train_rows"] // world // per_worker), global_batch=per_worker * world,
+        startup=startup,
     )
 
 
@@ -343,17 +357,19 @@ def train_epoch(loop: WorkerLoop, epoch: int, train_step, batches, hooks: hookli
     import keras
     import numpy as np
 
-    totals, wait, step = None, 0.0, -1
+    totals, wait, step, first_step = None, 0.0, -1, 0.0
     t0 = time.perf_counter()
     iterator = iter(batches)
     while True:
         t_wait = time.perf_counter()
         batch = next(iterator, None)
-        wait += time.perf_counter() - t_wait
+        t_step = time.perf_counter()
+        wait += t_step - t_wait
         if batch is None:
             break
         step += 1
         out = train_step(batch)
+        first_step = first_step or time.perf_counter() - t_step  # epoch 1: tracing the step function
         totals = out if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
         hooks.on_train_batch_end(loop, step, totals)
     train_time = time.perf_counter() - t0
@@ -365,6 +381,8 @@ def train_epoch(loop: WorkerLoop, epoch: int, train_step, batches, hooks: hookli
         "images_per_s": seen / max(train_time, 1e-9),
         "train_time_s": train_time,
         "data_wait_s": wait,
+        "compute_s": train_time - wait,
+        "first_step_s": first_step,
         "images": seen,
         "learning_rate": float(np.asarray(keras.ops.convert_to_numpy(loop.model.optimizer.learning_rate))),
     }
@@ -391,10 +409,12 @@ def _train_as_val(metrics: dict[str, Any]) -> dict[str, float]:
 
 def loop_config(cfg: TrainConfig, *, class_names: list[str], run: RunLayout, train_rows: int, has_val: bool,
                 manifest_base: dict[str, Any], resume_checkpoint: str | None, options: LoopOptions | None,
-                hooks: list | None) -> dict[str, Any]:
-    """What the driver sends every worker (JSON-ready but for the extra hooks)."""
+                hooks: list | None, driver_phases: dict[str, float]) -> dict[str, Any]:
+    """What the driver sends every worker (JSON-ready but for the extra hooks).
+    ``handed_over_at``: when the driver hands the run to Ray Train (wall clock)."""
     return {
         "train": to_dict(cfg), "class_names": class_names, "run_uri": run.uri, "train_rows": train_rows,
         "has_val": has_val, "manifest_base": manifest_base, "resume_checkpoint": resume_checkpoint,
         "options": to_dict(options or LoopOptions()), "hooks": list(hooks or []),
+        "driver_phases": dict(driver_phases), "handed_over_at": time.time(),
     }

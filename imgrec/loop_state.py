@@ -45,6 +45,9 @@ class WorkerLoop:
     stage: int | str | None = None  # the freeze depth in force
     status: str = "running"  # running | nonfinite | finished
     stop_training: bool = False
+    startup: dict[str, float] = field(default_factory=dict)  # start-up phases, seconds (imgrec.timing)
+    phases: dict[str, float] = field(default_factory=dict)  # this epoch's loop phases, seconds
+    epoch_started: float = 0.0  # time.perf_counter() when this epoch began
 
     def say(self, *parts: Any) -> None:
         """A progress line from rank 0 (every rank runs the same code)."""

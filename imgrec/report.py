@@ -9,7 +9,7 @@ import io
 import json
 from typing import Any
 
-from imgrec import storage
+from imgrec import storage, timing
 from imgrec.config import to_dict
 from imgrec.layout import RunLayout
 
@@ -42,6 +42,45 @@ def history_png(history: list[dict[str, Any]]) -> bytes:
         ax.legend()
         ax.grid(alpha=0.3)
     return _figure_bytes(fig)
+
+
+def timing_png(history: list[dict[str, Any]]) -> bytes:
+    """Where the time went: one stacked bar per epoch, a segment per phase
+    (``imgrec.timing.epoch_breakdown``), unaccounted time hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [timing.epoch_breakdown(h) for h in history]
+    names = [n for n in rows[0] if any(r.get(n, 0.0) > 0 for r in rows)] if rows else []
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(epochs) + 4), 4))
+    bottom = [0.0] * len(rows)
+    for i, name in enumerate(names):
+        values = [r.get(name, 0.0) for r in rows]
+        ax.bar(epochs, values, bottom=bottom, label=_phase_label(name), color=plt.cm.tab20(i % 20),
+               hatch="//" if name == timing.UNACCOUNTED else None, edgecolor="white")
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("seconds (rank 0, wall clock)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Where the time went")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return _figure_bytes(fig)
+
+
+def _phase_label(name: str) -> str:
+    return name.removeprefix("time_").removesuffix("_s").replace("_", " ")
+
+
+def _timing_section(run: RunLayout, result) -> str:
+    rows = [[h["epoch"], h.get("epoch_time_s", ""), *timing.epoch_breakdown(h).values()] for h in result.history]
+    names = list(timing.epoch_breakdown(result.history[0])) if result.history else []
+    startup = _table([[_phase_label(k), v] for k, v in result.startup.items()], ["start-up phase", "seconds"])
+    return (f"<img src='{run.TIMING_PLOT}' alt='time per epoch, by phase'>"
+            + _table(rows, ["epoch", "epoch s", *(_phase_label(n) for n in names)]) + startup)
 
 
 def confusion_png(confusion: list[list[int]], class_names: list[str]) -> bytes:
@@ -99,6 +138,9 @@ def write_run_report(result, cfg) -> str:
         keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s"]
         sections.append(("Training curves", f"<img src='{run.HISTORY_PLOT}' alt='loss and accuracy curves'>"
                          + _table([[h.get(k, "") for k in keys] for h in result.history], keys)))
+    if result.history and "epoch_time_s" in result.history[0]:
+        storage.atomic_write(run.timing_plot, timing_png(result.history))
+        sections.append(("Where the time went", _timing_section(run, result)))
     if test:
         storage.atomic_write(run.confusion_plot, confusion_png(test["confusion"], test["class_names"]))
         rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]

@@ -4,6 +4,7 @@ evaluates and reports the finished run. Nothing here runs on a worker."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,8 +16,11 @@ from imgrec.config import ConfigError, TrainConfig, from_dict, replace, to_dict
 from imgrec.data import augmented, load_dataset
 from imgrec.hooks import Hook, read_history
 from imgrec.layout import RunLayout
-from imgrec.loop import LoopOptions, loop_config, train_loop_per_worker
+from imgrec.loop import loop_config, train_loop_per_worker
+from imgrec.loop_state import LoopOptions
+from imgrec.placement import cluster_view, plan_workers
 from imgrec.runtime import ensure_ray, forwarded_env
+from imgrec.timing import timed
 
 __all__ = ["NonFiniteLossError", "RunResult", "default_run_name", "read_history", "run_uri", "train"]
 
@@ -37,6 +41,7 @@ class RunResult:
     report_uri: str | None = None
     bad_files: list[dict[str, str]] = field(default_factory=list)
     restarts: list[dict[str, int]] = field(default_factory=list)  # worker-group restarts, from history.json
+    startup: dict[str, float] = field(default_factory=dict)  # start-up phases, seconds, from history.json
     elapsed_s: float = 0.0
 
 
@@ -50,7 +55,8 @@ def run_uri(cfg: TrainConfig) -> str:
 
 def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[str] | None = None,
           dataset=None, run_config_overrides: dict | None = None, allow_existing: bool = False,
-          hooks: list[Hook] | None = None, loop_options: LoopOptions | None = None) -> RunResult:
+          hooks: list[Hook] | None = None, loop_options: LoopOptions | None = None,
+          concurrent_trials: int = 1) -> RunResult:
     """Train on a Ray cluster (started locally if none is running) and return the run.
 
     One call for the common case: ``train(TrainConfig(data=DataConfig(uri=...)))``.
@@ -59,13 +65,19 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     ``allow_existing``, for callers such as Tune that restart their own trials):
     Ray Train would otherwise silently continue the old run. ``hooks`` run on
     every worker after imgrec's own (``imgrec.hooks``); ``loop_options`` tunes the
-    worker's input pipeline (``imgrec.loop.LoopOptions``).
+    worker's input pipeline (``imgrec.loop.LoopOptions``). ``concurrent_trials``:
+    the runs sharing the cluster at once (Tune), which ``workers="auto"`` divides by.
     """
     t_start = time.time()
     cfg, resume_checkpoint = _prepare(cfg, allow_existing)
     run = RunLayout.of(cfg.storage, cfg.run_name)
-    ensure_ray()
-    data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names)
+    phases: dict[str, float] = {}  # the driver's start-up, in the run's history (imgrec.timing)
+    with timed(phases, "driver_ray_s"):
+        ensure_ray()
+    with timed(phases, "driver_placement_s"):
+        cfg, loop_options = _place_workers(cfg, loop_options, concurrent_trials)
+    with timed(phases, "driver_data_s"):  # listing, decoding once, materializing
+        data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names)
     print(f"[imgrec] data: {data.summary()}", flush=True)
     if data.counts["train"] < cfg.batch_size:
         raise ValueError(f"only {data.counts['train']} training images for a global batch of {cfg.batch_size}; "
@@ -75,7 +87,8 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
         datasets["val"] = data.val
     config = loop_config(cfg, class_names=data.class_names, run=run, train_rows=data.counts["train"],
                          has_val="val" in datasets, manifest_base=_manifest_base(cfg, data),
-                         resume_checkpoint=resume_checkpoint, options=loop_options, hooks=hooks)
+                         resume_checkpoint=resume_checkpoint, options=loop_options, hooks=hooks,
+                         driver_phases=phases)
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
     print(f"[imgrec] training {cfg.model.name} on {cfg.workers} worker(s), run {run.uri}", flush=True)
     trainer.fit()
@@ -105,6 +118,21 @@ def _prepare(cfg: TrainConfig, allow_existing: bool) -> tuple[TrainConfig, str |
                           "--run-name")
     storage.ensure_bucket(cfg.storage) if not storage.is_s3(cfg.storage) else storage.check_bucket(cfg.storage)
     return cfg, resume_checkpoint
+
+
+def _place_workers(cfg: TrainConfig, options: LoopOptions | None,
+                   concurrent_trials: int) -> tuple[TrainConfig, LoopOptions]:
+    """Resolve ``workers`` ("auto" or a count) on the connected cluster into a count,
+    CPUs and GPUs per worker, and TensorFlow pools the caller did not set."""
+    plan = plan_workers(cluster_view(), cfg.workers, cpus_per_worker=cfg.cpus_per_worker,
+                        gpus_per_worker=cfg.gpus_per_worker, concurrent_trials=concurrent_trials)
+    print(f"[imgrec] workers: {plan.describe()}", flush=True)
+    options = options or LoopOptions()
+    options = dataclasses.replace(options, intra_op_threads=options.intra_op_threads or plan.intra_op_threads,
+                                  inter_op_threads=options.inter_op_threads or plan.inter_op_threads)
+    cfg = replace(cfg, workers=plan.workers, cpus_per_worker=plan.cpus_per_worker,
+                  gpus_per_worker=plan.gpus_per_worker)
+    return cfg, options
 
 
 def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
@@ -198,6 +226,7 @@ def _finish(cfg: TrainConfig, run: RunLayout, data) -> RunResult:
         class_names=data.class_names,
         bad_files=data.bad_files,
         restarts=hist.get("restarts", []),
+        startup=hist.get("startup", {}),
     )
     if cfg.evaluate:
         result.test_metrics = evaluate.evaluate_run(result, data, cfg)

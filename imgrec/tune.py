@@ -178,13 +178,19 @@ def _scheduler(cfg: SweepConfig):
     return ASHAScheduler(time_attr="epoch", max_t=cfg.base.epochs, grace_period=1)
 
 
+def concurrent_trials(cfg: SweepConfig) -> int:
+    return cfg.max_concurrent or default_max_concurrent(cfg)
+
+
 def default_max_concurrent(cfg: SweepConfig) -> int:
     """As many trials as the cluster's CPUs hold Train workers, minus the CPUs
     kept for Ray Data; at least 1."""
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_trial = max(cfg.base.workers * cfg.base.cpus_per_worker, 1e-9)
+    # "auto" workers size themselves to the trials at once: count one 1-CPU worker per trial.
+    workers, cpus_per_worker = (1, 1.0) if cfg.base.workers == "auto" else (cfg.base.workers, cfg.base.cpus_per_worker)
+    per_trial = max(workers * cpus_per_worker, 1e-9)
     return max(1, math.floor((cpus - DATA_CPUS_RESERVED) / per_trial))
 
 
@@ -231,7 +237,7 @@ def trial_config(cfg: SweepConfig, params: dict[str, Any], trial_name: str) -> T
 
 
 def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | None = None,
-               env: dict[str, str] | None = None) -> None:
+               env: dict[str, str] | None = None, concurrent: int = 1) -> None:
     """Tune's per-trial driver: one Ray Train run of this trial's TrainConfig.
     ``env``: the sweep driver's forwarded variables (``runtime.forwarded_env``),
     which a trial driver on a running cluster would not otherwise see."""
@@ -248,7 +254,7 @@ def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | Non
     # checkpoint by itself, so a resumed trial continues where it stopped
     # (allow_existing: a resumed trial's run folder already exists on purpose).
     train(trial, dataset=dataset, run_config_overrides={"callbacks": [TuneReportCallback()]},
-          allow_existing=True)
+          allow_existing=True, concurrent_trials=concurrent)
 
 
 def _replay_epochs(run: str) -> int:
@@ -275,7 +281,6 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
     by default the driver loads and decodes it once for all trials."""
     from ray import tune
 
-
     t0 = time.time()
     cfg = _prepare(cfg)
     uri = sweep_uri(cfg)
@@ -285,7 +290,9 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
           f"scheduler {cfg.scheduler}; data {data.summary()}", flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, dataset=data, sweep=to_dict(cfg), env=forwarded_env()), TRIAL_DRIVER_RESOURCES
+        tune.with_parameters(_run_trial, dataset=data, sweep=to_dict(cfg), env=forwarded_env(),
+                             concurrent=concurrent_trials(cfg)),
+        TRIAL_DRIVER_RESOURCES,
     )
     grid = _tuner(cfg, trainable).fit()  # a trial error is recorded in the grid, not raised
 
@@ -347,7 +354,7 @@ def _tuner(cfg: SweepConfig, trainable):
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=_search_alg(cfg, cfg.max_concurrent or default_max_concurrent(cfg)),
+            search_alg=_search_alg(cfg, concurrent_trials(cfg)),
             scheduler=_scheduler(cfg),
             num_samples=cfg.num_samples,
             trial_name_creator=_TrialNamer(first_tag=1 if searcher else 0),

@@ -97,8 +97,8 @@ def test_default_hooks_order_and_extra_hooks_before_timing(tmp_path, monkeypatch
     monkeypatch.delenv(hooks.FAULT_ENV, raising=False)
     extra = Recorder([], "extra")
     names = [type(h).__name__ for h in hooks.default_hooks(_loop(tmp_path, early_stopping_patience=3), [extra])]
-    assert names == ["TerminateOnNonFinite", "ProgressHook", "TensorBoardHook", "ReplicaDigestHook", "HistoryHook",
-                     "CheckpointHook", "EarlyStopping", "Recorder", "TimingHook"]
+    assert names == ["TerminateOnNonFinite", "ProgressHook", "TensorBoardHook", "ReplicaDigestHook",
+                     "EarlyStopping", "CheckpointHook", "Recorder", "TimingHook", "HistoryHook"]
     with hooks.fault_injection("crash", epoch=2, runs=["r"]):
         assert isinstance(hooks.default_hooks(_loop(tmp_path))[0], hooks.FaultInjection)
     assert not any(isinstance(h, hooks.FaultInjection) for h in hooks.default_hooks(_loop(tmp_path)))
@@ -150,7 +150,7 @@ def test_history_records_epochs_status_and_restarts(tmp_path):
     loop.history.append(_metrics(0))
     history.on_epoch_end(loop, 0, loop.history[-1])
     record = hooks.read_history(loop.run.uri)
-    assert record == {"status": "running", "epochs": [_metrics(0)], "restarts": []}
+    assert record == {"status": "running", "epochs": [_metrics(0)], "restarts": [], "startup": {}}
     # A worker-group restart from the epoch-1 checkpoint: the restart is recorded.
     restarted = _loop(tmp_path, history=[_metrics(0)])
     restarted.restored_from, restarted.start_epoch = "ray", 1
@@ -180,6 +180,17 @@ def test_checkpoint_save_writes_a_complete_loadable_checkpoint(tmp_path, small_m
     assert manifest["history"] == [_metrics(0)] and manifest["optimizer_iterations"] == 8
     assert manifest["model_bytes"] == os.path.getsize(folder / "model.keras")
     assert model.count_params() == small_model.count_params() and model.optimizer is not None
+
+
+def test_checkpoint_every_n_epochs_with_improving_and_last_epochs_saved(tmp_path):
+    loop = _loop(tmp_path, checkpoint_every=3, epochs=8, history=[_metrics(0, val_accuracy=0.5)])
+    hook = hooks.CheckpointHook()
+    hook.on_train_begin(loop)  # the restored epoch's 0.5 is the bar
+    accuracy = {1: 0.4, 2: 0.45, 3: 0.6, 4: 0.55, 5: 0.5, 6: 0.58, 7: 0.59}
+    saved = [epoch + 1 for epoch, acc in accuracy.items() if hook.due(loop, epoch, _metrics(epoch, val_accuracy=acc))]
+    assert saved == [3, 4, 6, 8]  # every 3rd (3, 6), improving (4: 0.6), the last (8)
+    loop.stop_training = True  # early stopping: the epoch it stops in is saved
+    assert hook.due(loop, 4, _metrics(4, val_accuracy=0.1))
 
 
 def test_early_stopping_counts_from_the_best_epoch(tmp_path):
@@ -273,8 +284,7 @@ def test_every_rank_ran_the_same_hooks_in_the_same_order(trained_run, hook_trace
     traces = [json.loads(hook_traces.joinpath(f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert traces[0] == traces[1]
     trace = traces[0]
-    assert trace["hooks"][-1] == "TimingHook" and trace["hooks"].index("HistoryHook") < trace["hooks"].index(
-        "CheckpointHook")
+    assert trace["hooks"][-2:] == ["TimingHook", "HistoryHook"]
     epochs = [e[1] for e in trace["events"] if e[0] == "epoch_end"]
     assert epochs == list(range(1, cfg.epochs))  # the restarted group: epochs 2..10 (0-based 1..9)
     assert all(e[2] > 0 for e in trace["events"] if e[0] == "epoch_end")  # steps seen in the epoch

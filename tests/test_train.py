@@ -108,6 +108,26 @@ def test_report_and_plots_in_run_folder(trained_run):
     assert "history.png" in html and "confusion.png" in html and "Test accuracy" in html
 
 
+def test_every_epoch_has_a_time_breakdown_with_little_unaccounted(trained_run):
+    """history.json splits each epoch's wall clock into timed phases; what no phase
+    covers stays under 10 %, and the report draws it ("Where the time went")."""
+    from imgrec import timing
+
+    cfg, result = trained_run
+    assert [h["epoch"] for h in result.history] == list(range(1, cfg.epochs + 1))
+    for record in result.history:  # the restored epoch 1 too: history.json keeps its whole record
+        phases = timing.epoch_breakdown(record)
+        assert phases["compute_s"] > 0 and phases["time_checkpoint_s"] > 0 and phases["val_time_s"] > 0
+        assert phases["unaccounted_s"] < 0.1 * record["epoch_time_s"], (record["epoch"], phases)
+        assert sum(phases.values()) == pytest.approx(record["epoch_time_s"], rel=1e-6)
+    startup = result.startup
+    assert {"driver_ray_s", "driver_data_s", "ray_train_start_s", "worker_tensorflow_s", "worker_model_s"} <= set(
+        startup)
+    assert all(v >= 0 for v in startup.values())
+    assert storage.read_bytes(f"{result.run_uri}/timing.png")[:4] == b"\x89PNG"
+    assert "Where the time went" in storage.read_text(result.report_uri)
+
+
 def test_load_model_from_run_and_checkpoint_uri(trained_run):
     _, result = trained_run
     by_run = ckpt.load_model(result.run_uri)
