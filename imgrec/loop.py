@@ -373,6 +373,8 @@ def train_epoch(loop: WorkerLoop, epoch: int, train_step, batches, hooks: hookli
         totals = out if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
         hooks.on_train_batch_end(loop, step, totals)
     train_time = time.perf_counter() - t0
+    with timed(loop.phases, "data_teardown_s"):  # the epoch's tf.data and Ray Data iterators end here
+        del iterator
     loss_sum, correct, seen = (float(v) for v in totals) if totals else (0.0, 0.0, 0.0)
     return {
         "epoch": epoch + 1,

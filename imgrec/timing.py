@@ -7,6 +7,7 @@ phase covers (``unaccounted_s``), so a stall nobody measured still shows up:
 * ``data_wait_s``: the loop waiting for its next batch (tf.data <- Ray Data);
 * ``compute_s``: the train steps themselves (forward, backward, the gradient
   all-reduce and the optimizer update: one ``strategy.run`` call each);
+* ``data_teardown_s``: ending the epoch's input iterators (tf.data's and Ray Data's);
 * ``stage_s``: entering a new freeze stage (the step functions retraced);
 * ``bn_sync_s``: BatchNorm statistics averaged across workers;
 * ``val_time_s``: validation;
@@ -22,7 +23,7 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-LOOP_PHASES = ("data_wait_s", "compute_s", "stage_s", "bn_sync_s", "val_time_s")
+LOOP_PHASES = ("data_wait_s", "compute_s", "data_teardown_s", "stage_s", "bn_sync_s", "val_time_s")
 UNACCOUNTED = "unaccounted_s"
 
 
