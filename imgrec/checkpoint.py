@@ -8,7 +8,14 @@ A checkpoint is a directory any later step can use alone::
                      augmentation config, data URI and split seed, history, version)
 
 A checkpoint whose manifest is missing, or whose ``model.keras`` does not have
-the size the manifest records, is incomplete and never used. Resume, evaluation,
+the size the manifest records, is incomplete and never chosen (a cheap check
+from one listing). The SHA-256 the manifest records is verified wherever the
+model's bytes are read: ``load_local`` (the one place that verifies and loads a
+local folder), ``local_copy`` (before a download enters the node cache, and on
+every cache hit). A run whose chosen checkpoint fails verification falls back
+to its next candidate with a warning. The hash stops corruption and torn
+uploads; a writer who can also rewrite the manifest is stopped only by write
+permissions (docs/architecture.md, "Threat model"). Resume, evaluation,
 reports, sweeps and batch prediction read checkpoints only through here.
 Wherever a model is asked for, a run URI (resolved to its best checkpoint) or a
 checkpoint URI both work.

@@ -106,23 +106,25 @@ class DecodePlan:
     memory_bytes: int  # estimated working memory, file bytes not included
 
     def run(self) -> np.ndarray:
-        img, cfg = self.img, self.cfg
+        img = self.img
         try:
             img.load()
-            orientation = self.orientation
-            if orientation == 1:
-                # PNG may carry eXIf after the pixel data: only known after load().
-                orientation = _orientation(img, header_only=False)
-                if orientation in _TRANSPOSE:
-                    _check_budget(img, cfg, orientation)  # the rotation's copy was not planned
+            orientation = self.orientation if self.orientation != 1 else self._late_orientation()
             if orientation in _TRANSPOSE:
                 img = img.transpose(_TRANSPOSE[orientation])
-            img = _to_rgb_rgba_or_l(img)
-            return _fit(img, cfg)
+            return _fit(_to_rgb_rgba_or_l(img), self.cfg)
         except BadImage:
             raise
         except Exception as exc:
             raise BadImage(_reason(exc)) from None
+
+    def _late_orientation(self) -> int:
+        """PNG may carry eXIf after the pixel data, known only after load(): the
+        rotation's copy was not in the plan, so the budget is checked again."""
+        orientation = _orientation(self.img, header_only=False)
+        if orientation in _TRANSPOSE:
+            _check_budget(self.img, self.cfg, orientation)
+        return orientation
 
 
 def plan_decode(data: bytes, cfg: DecodeConfig) -> DecodePlan:
@@ -266,17 +268,15 @@ def _too_large(size: str, max_pixels: int | None) -> str:
     )
 
 
-# Bytes per pixel of Pillow's in-memory modes: every multi-band 8-bit mode is
-# stored as 4 bytes per pixel (RGB too); unknown modes count as 8.
+# Bytes per pixel of Pillow's single-band modes; every other mode (RGB, RGBA,
+# CMYK, YCbCr, LA, ...) is stored as 4 bytes per pixel.
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _MULTIBAND_BYTES = 4
 
 
 def _bytes_per_pixel(mode: str) -> int:
-    if mode in _BYTES_PER_PIXEL:
-        return _BYTES_PER_PIXEL[mode]
-    return _MULTIBAND_BYTES if len(mode) <= 5 and mode.isalpha() else 8
+    return _BYTES_PER_PIXEL.get(mode, _MULTIBAND_BYTES)
 
 
 def _has_alpha(img: Image.Image) -> bool:
