@@ -242,18 +242,22 @@ def _tidy_cache(keep: str) -> None:
 # --------------------------------------------------------------------------- verifying
 
 
-def verify(directory: str, manifest: dict[str, Any], label: str | None = None) -> None:
-    """Raise ``CheckpointError`` unless the model file in a local ``directory`` has
-    the size and SHA-256 that ``manifest`` records. ``label`` names the checkpoint
-    in the message (its URI, when ``directory`` is a cache copy)."""
+def verify(directory: str, manifest: dict[str, Any], label: str | None = None) -> str:
+    """The model file's path in a local ``directory``; ``CheckpointError`` unless it
+    has the size and SHA-256 that ``manifest`` records. ``label`` names the
+    checkpoint in the message (its URI, when ``directory`` is a cache copy)."""
     label = label or directory
+    name = manifest.get("model_file", MODEL_FILE)
+    if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name:
+        raise CheckpointError(f"{label}: {MANIFEST_FILE} names the model file {name!r}; expected a file "
+                              f"name inside the checkpoint folder, such as {MODEL_FILE!r}")
     expected = manifest.get("model_sha256")
     if not expected:
         raise CheckpointError(
             f"{label}: {MANIFEST_FILE} records no model_sha256, so {MODEL_FILE} cannot be verified; "
             "write the checkpoint again with imgrec.checkpoint.write_checkpoint"
         )
-    path = os.path.join(directory, manifest.get("model_file", MODEL_FILE))
+    path = os.path.join(directory, name)
     try:
         size, actual = os.path.getsize(path), _sha256(path)
     except OSError as exc:
@@ -265,6 +269,7 @@ def verify(directory: str, manifest: dict[str, Any], label: str | None = None) -
             f"{size} bytes; recorded {str(expected)[:12]}..., {manifest.get('model_bytes')} bytes): "
             "corrupt or torn upload; do not use it: delete this checkpoint folder or use another one"
         )
+    return path
 
 
 # --------------------------------------------------------------------------- loading
@@ -304,8 +309,7 @@ def load_local(directory: str, *, compile: bool = True, label: str | None = None
 
     label = label or directory
     manifest = _read_local_manifest(directory, label)
-    verify(directory, manifest, label)
-    path = os.path.join(directory, manifest.get("model_file", MODEL_FILE))
+    path = verify(directory, manifest, label)
     try:
         model = keras.models.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:  # zip, OS, HDF5 and deserialisation errors of every type

@@ -177,3 +177,13 @@ def test_manifest_without_hash_cannot_be_verified(good_checkpoint, tmp_path):
     open(path, "w").write(json.dumps(manifest))
     with pytest.raises(ckpt.CheckpointError, match="records no model_sha256"):
         ckpt.load_local(folder)
+
+
+def test_manifest_cannot_point_outside_its_folder(good_checkpoint, tmp_path):
+    folder = _copy(good_checkpoint[0], tmp_path / "checkpoint_000001")
+    path = os.path.join(folder, ckpt.MANIFEST_FILE)
+    manifest = json.loads(open(path).read())
+    manifest["model_file"] = "../elsewhere/model.keras"
+    open(path, "w").write(json.dumps(manifest))
+    with pytest.raises(ckpt.CheckpointError, match="expected a file name inside the checkpoint folder"):
+        ckpt.load_local(folder)
