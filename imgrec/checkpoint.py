@@ -8,7 +8,14 @@ A checkpoint is a directory any later step can use alone::
                      augmentation config, data URI and split seed, history, version)
 
 A checkpoint whose manifest is missing, or whose ``model.keras`` does not have
-the size the manifest records, is incomplete and never used. Resume, evaluation,
+the size the manifest records, is incomplete and never chosen (a cheap check
+from one listing). The SHA-256 the manifest records is verified wherever the
+model's bytes are read: ``load_local`` (the one place that verifies and loads a
+local folder), ``local_copy`` (before a download enters the node cache, and on
+every cache hit). A run whose chosen checkpoint fails verification falls back
+to its next candidate with a warning. The hash stops corruption and torn
+uploads; a writer who can also rewrite the manifest is stopped only by write
+permissions (docs/architecture.md, "Threat model"). Resume, evaluation,
 reports, sweeps and batch prediction read checkpoints only through here.
 Wherever a model is asked for, a run URI (resolved to its best checkpoint) or a
 checkpoint URI both work.
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +40,8 @@ from imgrec.version import __version__
 MODEL_FILE = CheckpointLayout.MODEL
 MANIFEST_FILE = CheckpointLayout.MANIFEST
 FORMAT = "imgrec-checkpoint/1"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -116,6 +127,8 @@ def read_manifest(checkpoint_uri: str) -> dict[str, Any]:
 
 
 def _complete(ref_uri: str, manifest: dict[str, Any], sizes: dict[str, int]) -> bool:
+    """Cheap completeness from a listing: the model file is there with the recorded
+    size. The hash is checked where the bytes are read anyway (``load_local``)."""
     model_uri = storage.join(ref_uri, manifest.get("model_file", MODEL_FILE))
     return sizes.get(model_uri) == manifest.get("model_bytes")
 
@@ -141,14 +154,29 @@ def list_checkpoints(run_uri: str) -> list[CheckpointRef]:
 
 def resolve(uri: str, which: str = "best") -> CheckpointRef:
     """A checkpoint URI as it is, or a run URI's ``best`` (highest val_accuracy,
-    latest on ties) or ``latest`` (highest epoch) complete checkpoint."""
+    latest on ties) or ``latest`` (highest epoch) complete checkpoint.
+
+    Only sizes are checked here (no download); ``load`` verifies the hash and
+    falls back to the next candidate."""
+    return candidates(uri, which)[0]
+
+
+def candidates(uri: str, which: str = "best") -> list[CheckpointRef]:
+    """The complete checkpoints ``resolve`` chooses from, preferred first: just the
+    checkpoint itself for a checkpoint URI."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     uri = storage.normalize(uri)
     if storage.exists(storage.join(uri, MANIFEST_FILE)):
         manifest = read_manifest(uri)
         sizes = {o.uri: o.size for o in storage.list_objects(uri)}
         if not _complete(uri, manifest, sizes):
-            raise CheckpointError(f"{uri}: {MODEL_FILE} is missing or truncated; this checkpoint is incomplete")
-        return CheckpointRef(uri, manifest)
+            raise CheckpointError(
+                f"{uri}: {MODEL_FILE} is missing or has not the {manifest.get('model_bytes')} bytes its "
+                f"{MANIFEST_FILE} records; the checkpoint is incomplete (an upload still running or "
+                "interrupted): wait for it, or give the run URI to use its other checkpoints"
+            )
+        return [CheckpointRef(uri, manifest)]
     if not storage.exists(uri):
         raise CheckpointError(f"{uri}: nothing there; give a run URI (<storage>/<run>) or a checkpoint URI")
     refs = list_checkpoints(uri)
@@ -158,31 +186,90 @@ def resolve(uri: str, which: str = "best") -> CheckpointRef:
             "was training interrupted before its first epoch ended?"
         )
     if which == "latest":
-        return refs[-1]
-    if which != "best":
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    return max(refs, key=lambda r: (r.score, r.epoch))
+        return sorted(refs, key=lambda r: r.epoch, reverse=True)  # stable: the newest of a tie first
+    return sorted(refs, key=lambda r: (r.score, r.epoch), reverse=True)
 
 
 def local_copy(ref: CheckpointRef) -> str:
-    """A local directory holding the checkpoint (S3 checkpoints are cached per node,
-    keyed by URI and model hash, so every actor on a node downloads once)."""
+    """A local directory holding the checkpoint, its model file verified against
+    the manifest's hash. S3 checkpoints are cached per node, keyed by URI and
+    model hash, so every actor on a node downloads once; a cached copy that no
+    longer verifies is downloaded again."""
     if not storage.is_s3(ref.uri):
+        verify(ref.uri, ref.manifest, ref.uri)
         return ref.uri
     key = hashlib.sha1(f"{ref.uri}:{ref.manifest.get('model_sha256')}".encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir("checkpoints"), key)
+    cache = cache_dir("checkpoints")
+    target = os.path.join(cache, key)
     if os.path.exists(os.path.join(target, MANIFEST_FILE)):
-        return target
+        try:
+            verify(target, ref.manifest, ref.uri)
+            storage.touch(target)
+            return target
+        except CheckpointError as exc:
+            log.warning("%s; downloading it again", exc)
+            shutil.rmtree(target, ignore_errors=True)
+    _download_verified(ref, target)
+    _tidy_cache(keep=target)
+    return target
+
+
+def _download_verified(ref: CheckpointRef, target: str) -> None:
+    """Download into a ``.dl-*`` folder, verify, then publish it by an atomic rename."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".dl-")
-    storage.download_prefix(ref.uri, tmp, progress=False)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=storage.TEMP_DIR_PREFIX)
     try:
+        storage.download_prefix(ref.uri, tmp, progress=False)
+        verify(tmp, ref.manifest, ref.uri)
         os.rename(tmp, target)  # atomic publish; a concurrent winner is fine
     except OSError:
-        import shutil
-
+        pass  # a concurrent download won the rename
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def _tidy_cache(keep: str) -> None:
+    """Bound the node's download cache: killed downloads older than a few hours go,
+    then the least recently used entries down to ``storage.cache_max_bytes()``."""
+    folders = [cache_dir("checkpoints"), cache_dir("weights")]
+    for folder in folders:
+        if os.path.isdir(folder):
+            storage.remove_stale_temps(folder)
+    for path in storage.trim_cache(folders, storage.cache_max_bytes(), keep=[keep]):
+        log.info("download cache: removed %s (least recently used)", path)
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+def verify(directory: str, manifest: dict[str, Any], label: str | None = None) -> str:
+    """The model file's path in a local ``directory``; ``CheckpointError`` unless it
+    has the size and SHA-256 that ``manifest`` records. ``label`` names the
+    checkpoint in the message (its URI, when ``directory`` is a cache copy)."""
+    label = label or directory
+    name = manifest.get("model_file", MODEL_FILE)
+    if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name:
+        raise CheckpointError(f"{label}: {MANIFEST_FILE} names the model file {name!r}; expected a file "
+                              f"name inside the checkpoint folder, such as {MODEL_FILE!r}")
+    expected = manifest.get("model_sha256")
+    if not expected:
+        raise CheckpointError(
+            f"{label}: {MANIFEST_FILE} records no model_sha256, so {MODEL_FILE} cannot be verified; "
+            "write the checkpoint again with imgrec.checkpoint.write_checkpoint"
+        )
+    path = os.path.join(directory, name)
+    try:
+        size, actual = os.path.getsize(path), _sha256(path)
+    except OSError as exc:
+        raise CheckpointError(f"{label}: cannot read {MODEL_FILE} ({exc.strerror or exc}); "
+                              "the checkpoint is incomplete: use another checkpoint of the run") from None
+    if size != manifest.get("model_bytes") or actual != expected:
+        raise CheckpointError(
+            f"{label}: {MODEL_FILE} does not match its {MANIFEST_FILE} (sha256 {actual[:12]}..., "
+            f"{size} bytes; recorded {str(expected)[:12]}..., {manifest.get('model_bytes')} bytes): "
+            "corrupt or torn upload; do not use it: delete this checkpoint folder or use another one"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- loading
@@ -195,12 +282,56 @@ def load_model(uri: str, *, which: str = "best", compile: bool = True):
 
 
 def load(uri: str, *, which: str = "best", compile: bool = True):
-    """(model, manifest) of a run or checkpoint URI, S3 or local."""
+    """(model, manifest) of a run or checkpoint URI, S3 or local, verified.
+
+    For a run URI, a checkpoint that fails verification is skipped with a
+    warning naming it, and the next best (or next latest) is used."""
+    refs = candidates(uri, which)
+    for i, ref in enumerate(refs):
+        try:
+            model, manifest = load_local(local_copy(ref), compile=compile, label=ref.uri)
+        except CheckpointError as exc:
+            if i + 1 == len(refs):
+                raise
+            log.warning("skipping checkpoint %s: %s; trying %s", ref.uri, exc, refs[i + 1].uri)
+            continue
+        return model, {**manifest, "checkpoint_uri": ref.uri}
+    raise AssertionError("candidates() never returns an empty list")
+
+
+def load_local(directory: str, *, compile: bool = True, label: str | None = None):
+    """(model, manifest) of a LOCAL checkpoint folder: read the manifest, verify the
+    model file's hash, load with safe mode. The one place that verifies and loads
+    (``load`` and the training workers' restore from ``Checkpoint.as_directory()``)."""
     import keras
 
     import imgrec.models  # noqa: F401  registers imgrec's serializable layers for safe mode
 
-    ref = resolve(uri, which)
-    local = local_copy(ref)
-    model = keras.models.load_model(os.path.join(local, MODEL_FILE), compile=compile, safe_mode=True)
-    return model, {**ref.manifest, "checkpoint_uri": ref.uri}
+    label = label or directory
+    manifest = _read_local_manifest(directory, label)
+    path = verify(directory, manifest, label)
+    try:
+        model = keras.models.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # zip, OS, HDF5 and deserialisation errors of every type
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"{label}: {MODEL_FILE} matches its hash but cannot be read as a Keras model "
+            f"({type(exc).__name__}: {first_line}); use another checkpoint of the run, "
+            "or fix what the error names"
+        ) from None
+    return model, manifest
+
+
+def _read_local_manifest(directory: str, label: str) -> dict[str, Any]:
+    path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError:
+        raise CheckpointError(f"{label}: no {MANIFEST_FILE}; this is not a complete imgrec checkpoint") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{label}: unreadable {MANIFEST_FILE} ({exc}); use another checkpoint") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{label}: unknown checkpoint format {found!r}, expected {FORMAT!r}")
+    return manifest

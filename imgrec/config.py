@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names it and the fix."""
 
 
+# Formats the decoder parses (Pillow names); any other file is refused before a
+# plugin sees it. TIFF is the one opt-in extra (see docs/architecture.md).
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "MPO")
+OPTIONAL_FORMATS = ("TIFF",)
+
+
 @dataclass
 class DecodeConfig:
     """How raw files become uint8 H×W×3 pixels. Recorded in every checkpoint so
@@ -29,12 +35,23 @@ class DecodeConfig:
     resize: str = "stretch"  # stretch | crop (keep aspect, centre crop) | pad (keep aspect, pad)
     max_pixels: int = 64_000_000  # checked from the header, before decoding
     pad_value: int = 0
+    formats: tuple[str, ...] = IMAGE_FORMATS  # Pillow format names parsed; add "TIFF" to opt in
+    max_file_bytes: int = 64_000_000  # larger files are refused before they are read
+    # Working memory of one image (pixels, conversions, rotation, resize), estimated
+    # from the header before decoding: a 24 MP RGB PNG needs ~100 MB, a 7900x7900
+    # 16-bit PNG bomb ~190 MB.
+    max_decode_bytes: int = 160_000_000
+    # File bytes plus decode memory in flight in one decode task: bounds how many
+    # of its read threads hold files or decode at once (one image always proceeds).
+    max_inflight_bytes: int = 1_000_000_000
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if int(self.max_pixels) < 1:
-            raise ConfigError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+        for name in ("max_pixels", "max_file_bytes", "max_decode_bytes", "max_inflight_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        self._check_formats()
         if not 0 <= int(self.pad_value) <= 255:
             raise ConfigError(f"pad_value must be a uint8 grey level 0..255, got {self.pad_value!r}")
         if self.image_size is None:
@@ -42,6 +59,15 @@ class DecodeConfig:
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ConfigError(f"image_size must be (height, width) > 0, got {self.image_size!r}")
+
+    def _check_formats(self) -> None:
+        known = IMAGE_FORMATS + OPTIONAL_FORMATS
+        if isinstance(self.formats, str):
+            self.formats = (self.formats,)
+        self.formats = tuple(str(f).upper() for f in self.formats)
+        unknown = [f for f in self.formats if f not in known]
+        if unknown or not self.formats:
+            raise ConfigError(f"formats must be a non-empty subset of {known}, got {self.formats!r}")
 
 
 @dataclass

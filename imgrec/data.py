@@ -20,9 +20,12 @@ checkpoint and prediction so label indices never drift.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
+import os
 import posixpath
 import threading
 from collections import Counter
@@ -35,7 +38,7 @@ import numpy as np
 from imgrec import storage
 from imgrec.augment import Augmenter
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
-from imgrec.decode import IMAGE_SUFFIXES, BadImage, decode_image, image_info
+from imgrec.decode import IMAGE_SUFFIXES, BadImage, check_file_size, image_info, plan_decode
 from imgrec.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -187,30 +190,115 @@ def _s3_client():
     return client
 
 
-def fetch_bytes(uri: str) -> bytes:
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    with open(uri, "rb") as fh:
-        return fh.read()
+class ReadError(OSError):
+    """A file or object could not be read (vanished, network, permissions)."""
+
+
+def _open_object(uri: str) -> tuple[int, Any]:
+    """(size, open binary stream) of a file or S3 object; its body is not read yet."""
+    try:
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[5:].partition("/")
+            response = _s3_client().get_object(Bucket=bucket, Key=key)
+            return int(response["ContentLength"]), response["Body"]
+        fh = open(uri, "rb")
+        return os.fstat(fh.fileno()).st_size, fh
+    except Exception as exc:  # botocore raises many types
+        raise ReadError(_cannot_read(exc)) from None
+
+
+def _read_body(stream, max_bytes: int | None) -> bytes:
+    """The whole body, but never more than ``max_bytes`` + 1 (a size that lied)."""
+    try:
+        data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+    except Exception as exc:
+        raise ReadError(_cannot_read(exc)) from None
+    if max_bytes is not None:
+        check_file_size(len(data), max_bytes)
+    return data
+
+
+def _cannot_read(exc: BaseException) -> str:
+    return f"cannot read: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def fetch_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """A file's bytes. Over ``max_bytes`` it raises ``BadImage`` before reading the
+    body; an unreadable file raises ``ReadError``."""
+    size, stream = _open_object(uri)
+    with contextlib.closing(stream):
+        if max_bytes is not None:
+            check_file_size(size, max_bytes)
+        return _read_body(stream, max_bytes)
+
+
+class MemoryGate:
+    """Bytes held at once by a process's read threads: a thread holds a file's
+    size while the file is in memory, then adds its decode budget while it
+    decodes. A request waits while it would pass ``limit``, except that one
+    decode (or, with nothing held, one read) always proceeds, so no set of
+    waiting threads can block one another: the peak is at most ``limit`` plus
+    one image."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.decoding = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int, *, decoding: bool = False):
+        with self._changed:
+            self._changed.wait_for(lambda: self._admits(nbytes, decoding))
+            self.held += nbytes
+            self.decoding += decoding
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= nbytes
+                self.decoding -= decoding
+                self._changed.notify_all()
+
+    def _admits(self, nbytes: int, decoding: bool) -> bool:
+        if self.held + nbytes <= self.limit:
+            return True
+        return self.decoding == 0 if decoding else self.held == 0
+
+
+_gates: dict[int, MemoryGate] = {}
+_gates_lock = threading.Lock()
+
+
+def memory_gate(limit: int) -> MemoryGate:
+    """The process's gate for ``limit`` (gates hold locks: never pickled with a UDF)."""
+    with _gates_lock:
+        return _gates.setdefault(int(limit), MemoryGate(int(limit)))
 
 
 class DecodeImages:
     """Ray Data UDF: read each file's bytes (threaded, since S3 GETs are latency
     bound) and decode to uint8 pixels. A file that cannot be read or decoded gives
-    a row with ``error`` set and a black image, so one bad file never fails a run."""
+    a row with ``error`` set and a black image, so one bad file never fails a run.
+    The bytes in flight (files being held, decode memory) are bounded by
+    ``DecodeConfig.max_inflight_bytes`` through the process's ``MemoryGate``."""
 
     def __init__(self, decode: DecodeConfig, io_threads: int = 16):
         self.decode = decode
         self.io_threads = io_threads
 
     def _one(self, uri: str) -> tuple[np.ndarray | None, str]:
+        gate = memory_gate(self.decode.max_inflight_bytes)
         try:
-            data = fetch_bytes(uri)
-        except Exception as exc:  # a vanished object or a network error: report, go on
-            return None, f"cannot read: {type(exc).__name__}: {str(exc)[:200]}"
-        try:
-            return decode_image(data, self.decode), ""
+            size, stream = _open_object(uri)
+            with contextlib.closing(stream):
+                check_file_size(size, self.decode.max_file_bytes)
+                with gate.hold(size):
+                    plan = plan_decode(_read_body(stream, self.decode.max_file_bytes), self.decode)
+                    with gate.hold(plan.memory_bytes, decoding=True):
+                        return plan.run(), ""
+        except ReadError as exc:  # a vanished object or a network error: report, go on
+            return None, str(exc)
         except BadImage as exc:
             return None, exc.reason
 
@@ -731,7 +819,7 @@ def inspect(
       would; otherwise only the sample is decoded, in this process."""
     decode = decode or DecodeConfig(image_size=INSPECT_SIZE)
     if decode.image_size is None:
-        decode = DecodeConfig(image_size=INSPECT_SIZE, resize=decode.resize, max_pixels=decode.max_pixels)
+        decode = dataclasses.replace(decode, image_size=INSPECT_SIZE)
     tree = list_image_tree(uri)
     train, val = split_records(tree.train, validation_split, split_seed)
     counts = {
@@ -768,8 +856,8 @@ def _read_head(uri: str, n: int) -> bytes:
         bucket, _, key = uri[5:].partition("/")
         try:
             return _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"].read()
-        except Exception:
-            return fetch_bytes(uri)  # e.g. a zero-byte object refuses any range: a plain GET says why
+        except Exception:  # e.g. a zero-byte object refuses any range: a plain GET says why
+            return fetch_bytes(uri, DecodeConfig.max_file_bytes)[:n]
     with open(uri, "rb") as fh:
         return fh.read(n)
 
@@ -784,7 +872,7 @@ def _header(uri: str) -> tuple[int, int, str, str] | None:
         except BadImage:
             if len(data) < HEADER_BYTES:
                 raise
-            return image_info(fetch_bytes(uri))  # a header longer than HEADER_BYTES
+            return image_info(fetch_bytes(uri, DecodeConfig.max_file_bytes))  # a header longer than HEADER_BYTES
     except Exception:  # the decode check reports the reason
         return None
 

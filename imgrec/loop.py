@@ -22,8 +22,6 @@ step across the whole cluster; each of W workers takes ``batch_size // W``.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import time
 from typing import Any
 
@@ -140,10 +138,8 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
 
 
 def _restore(loop: WorkerLoop, local_dir: str, source: str) -> None:
-    import keras
-
-    manifest = json.load(open(os.path.join(local_dir, ckpt.MANIFEST_FILE)))
-    loop.model = keras.models.load_model(os.path.join(local_dir, ckpt.MODEL_FILE), safe_mode=True)
+    """Load a local checkpoint folder (its model file's hash verified) into the loop."""
+    loop.model, manifest = ckpt.load_local(local_dir, label=f"{loop.run.uri} ({source} checkpoint)")
     loop.start_epoch = int(manifest["epoch"])
     loop.history = list(manifest.get("history", []))
     loop.restored_from = source

@@ -19,6 +19,7 @@ import os
 import posixpath
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,11 +31,20 @@ import pyarrow.fs as pafs
 
 DEFAULT_REGION = "us-east-1"
 
-# A wrong or dead endpoint should fail in seconds, not after botocore's 60 s
-# default connect timeout times every retry.
+# The one retry/timeout policy of every S3 client (boto3 and pyarrow, so Ray's
+# checkpoint uploads too). A wrong or dead endpoint should fail in seconds, not
+# after botocore's 60 s default connect timeout times every retry.
 CONNECT_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
-MAX_ATTEMPTS = 5
+READ_TIMEOUT_S = 60  # boto3 read timeout = pyarrow request timeout
+MAX_ATTEMPTS = 5  # first try included; "standard" mode: exponential backoff with jitter
+
+# Local temp files and folders (``.*.tmp``, ``*.part``, ``.dl-*``) untouched for
+# this long belong to a killed process; a live writer touches them far more often.
+STALE_TEMP_AGE_S = 6 * 3600
+# The per-node download cache ($IMGREC_CACHE: checkpoints and weights) is trimmed,
+# least recently used first, to this size; override with IMGREC_CACHE_MAX_GB.
+CACHE_MAX_GB_ENV = "IMGREC_CACHE_MAX_GB"
+CACHE_MAX_GB_DEFAULT = 20.0
 
 
 class StorageError(RuntimeError):
@@ -123,6 +133,30 @@ def _key_of(uri: str) -> str:
 # --------------------------------------------------------------------------- clients
 
 
+class _S3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with our retry policy, also after pickling.
+
+    pyarrow does not pickle ``retry_strategy`` (an unpickled plain filesystem is
+    back to pyarrow's default retries), so this rebuilds itself from its
+    key-free arguments. A ``SubTreeFileSystem`` around it still pickles a plain one."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            request_timeout=READ_TIMEOUT_S,
+            **kwargs,
+        )
+        self._kwargs = kwargs
+
+    def __reduce__(self):
+        return _S3FileSystem._rebuild, (self._kwargs,)
+
+    @staticmethod
+    def _rebuild(kwargs: dict[str, Any]) -> _S3FileSystem:
+        return _S3FileSystem(**kwargs)
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem on the configured endpoint and the default credential chain.
 
@@ -131,18 +165,25 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     creates its storage folders through this filesystem, and a mistyped bucket
     must fail (``check_bucket`` explains it up front), not appear on the account."""
     url = endpoint_url(endpoint)
-    kwargs: dict[str, Any] = dict(
-        region=region(),
-        allow_bucket_creation=False,
-        allow_bucket_deletion=False,
-        connect_timeout=CONNECT_TIMEOUT_S,
-    )
+    kwargs: dict[str, Any] = dict(region=region(), allow_bucket_creation=False, allow_bucket_deletion=False)
     if url:
         parsed = urlparse(url)
         kwargs["endpoint_override"] = url  # keep the scheme: http for local endpoints
         if parsed.scheme == "http":
             kwargs["scheme"] = "http"
-    return pafs.S3FileSystem(**kwargs)
+    return _S3FileSystem(**kwargs)
+
+
+def boto3_config():
+    """botocore's ``Config`` for the same retry/timeout policy as ``s3_filesystem``."""
+    from botocore.config import Config
+
+    return Config(
+        retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},  # first try included
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        max_pool_connections=32,
+    )
 
 
 def resolve(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -190,20 +231,11 @@ def boto3_client(endpoint: str | None = None):
         client = _clients.get(key)
         if client is None:
             import boto3
-            from botocore.config import Config
 
             if len(_clients) > 32:  # environments changed many times (tests): start over
                 _clients.clear()
             client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint_url(endpoint),
-                region_name=region(),
-                config=Config(
-                    retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                    read_timeout=READ_TIMEOUT_S,
-                    max_pool_connections=32,
-                ),
+                "s3", endpoint_url=endpoint_url(endpoint), region_name=region(), config=boto3_config()
             )
             _clients[key] = client
     return client
@@ -518,6 +550,9 @@ def atomic_write(uri: str, data: bytes | str) -> None:
         return
     try:
         _write_local(uri, data, fsync=True)
+        # Temps of this same file left by a killed writer (cheap: one folder listing;
+        # bulk writes through write_many skip it).
+        remove_stale_temps(os.path.dirname(uri), prefix=f".{os.path.basename(uri)}.", recursive=False)
     except OSError as exc:
         raise explain(exc, uri) from None
 
@@ -773,3 +808,111 @@ def download_file(uri: str, local_path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
     _download_atomic(boto3_client(), uri, bucket, key, local_path)
     return local_path
+
+
+# --------------------------------------------------------------------------- local temp files and caches
+
+TEMP_SUFFIXES = (".tmp", ".part")  # _write_local, _download_atomic
+TEMP_DIR_PREFIX = ".dl-"  # a cache download in progress (checkpoint.local_copy)
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(TEMP_DIR_PREFIX) or name.endswith(TEMP_SUFFIXES)
+
+
+def _last_touched(path: str) -> float:
+    """Newest mtime of a file, or of a folder and everything in it."""
+    newest = os.path.getmtime(path)
+    if os.path.isdir(path):
+        for folder, _, files in os.walk(path):
+            for name in [*files, "."]:
+                try:
+                    newest = max(newest, os.path.getmtime(os.path.join(folder, name)))
+                except OSError:
+                    pass  # removed meanwhile
+    return newest
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_stale_temps(folder: str, *, prefix: str = "", recursive: bool = True,
+                       max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    """Delete temp files and ``.dl-*`` folders under a local ``folder`` (names
+    starting with ``prefix``) untouched for ``max_age_s``: leftovers of killed
+    processes. Returns how many were removed."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for parent_dir, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = os.path.join(parent_dir, name)
+            if name.startswith(prefix) and _is_temp(name) and _age_cutoff_passed(path, cutoff):
+                _remove(path)
+                removed += 1
+        dirs[:] = [d for d in dirs if recursive and os.path.isdir(os.path.join(parent_dir, d))]
+    return removed
+
+
+def _age_cutoff_passed(path: str, cutoff: float) -> bool:
+    try:
+        return _last_touched(path) < cutoff
+    except OSError:
+        return False  # vanished meanwhile
+
+
+def cache_max_bytes() -> int:
+    """The download cache's size limit: ``$IMGREC_CACHE_MAX_GB`` (default 20 GB)."""
+    raw = os.environ.get(CACHE_MAX_GB_ENV, "")
+    try:
+        gb = float(raw) if raw.strip() else CACHE_MAX_GB_DEFAULT
+    except ValueError:
+        gb = -1.0
+    if gb < 0:
+        raise StorageError(f"{CACHE_MAX_GB_ENV}={raw!r} is not a size in GB; set a number >= 0, e.g. 20")
+    return int(gb * 1e9)
+
+
+def touch(path: str) -> None:
+    """Mark a cache entry as just used (the LRU order is by mtime)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def trim_cache(folders: Iterable[str], max_bytes: int, *, keep: Iterable[str] = ()) -> list[str]:
+    """Delete the least recently used entries (direct children) of local cache
+    ``folders`` until they hold at most ``max_bytes`` together; entries in
+    ``keep`` (the one being used) are never deleted. Returns the removed paths."""
+    keep = {os.path.abspath(k) for k in keep}
+    entries = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            if not _is_temp(entry.name):
+                entries.append((os.path.getmtime(entry.path), _tree_size(entry.path), entry.path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries):
+        if total <= max_bytes:
+            break
+        if os.path.abspath(path) in keep:
+            continue
+        _remove(path)
+        removed.append(path)
+        total -= size
+    return removed
+
+
+def _tree_size(path: str) -> int:
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)

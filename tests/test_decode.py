@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec.config import ConfigError, DecodeConfig
+from imgrec.config import IMAGE_FORMATS, ConfigError, DecodeConfig
 from imgrec.decode import BadImage, decode_batch, decode_image, describe, image_info
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -23,10 +23,11 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def native(img: Image.Image) -> DecodeConfig:
-    """Decode at the image's own size: no resampling, so pixels must be exact."""
+def native(img: Image.Image, *formats: str) -> DecodeConfig:
+    """Decode at the image's own size: no resampling, so pixels must be exact.
+    ``formats``: opt-in formats (TIFF) on top of the default list."""
     w, h = img.size
-    return DecodeConfig(image_size=(h, w))
+    return DecodeConfig(image_size=(h, w), formats=IMAGE_FORMATS + formats)
 
 
 def header_only_png(width: int, height: int) -> bytes:
@@ -136,13 +137,13 @@ def test_32_bit_integer_mode_i_uses_the_16_bit_range():
     img = Image.fromarray(values, "I")
     data = encode(img, "TIFF")
     assert Image.open(io.BytesIO(data)).mode == "I"
-    assert decode_image(data, native(img))[0, :, 0].tolist() == [0, 128, 255]
+    assert decode_image(data, native(img, "TIFF"))[0, :, 0].tolist() == [0, 128, 255]
 
 
 def test_i_mode_outside_16_bits_is_stretched():
     values = np.array([[-1000, 0, 100000]], dtype=np.int32)
     img = Image.fromarray(values, "I")
-    out = decode_image(encode(img, "TIFF"), native(img))
+    out = decode_image(encode(img, "TIFF"), native(img, "TIFF"))
     assert out[0, 0, 0] == 0 and out[0, 2, 0] == 255
 
 
@@ -151,7 +152,7 @@ def test_float_mode_f_in_unit_range_is_scaled_by_255():
     img = Image.fromarray(values, "F")
     data = encode(img, "TIFF")
     assert Image.open(io.BytesIO(data)).mode == "F"
-    assert decode_image(data, native(img))[0, :, 0].tolist() == [0, 128, 255]
+    assert decode_image(data, native(img, "TIFF"))[0, :, 0].tolist() == [0, 128, 255]
 
 
 def test_animated_gif_gives_the_first_frame():

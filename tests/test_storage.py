@@ -385,3 +385,115 @@ def test_empty_destination_refuses_files_and_non_empty_folders(tmp_path):
     plain.write_text("x")
     with pytest.raises(ValueError, match="is a file; give a folder or s3:// prefix for the dataset"):
         storage.empty_destination(str(plain), overwrite=True, what="the dataset", error=ValueError)
+
+
+# --------------------------------------------------------------------------- one retry policy
+
+
+@pytest.fixture()
+def busy_endpoint():
+    """A real HTTP endpoint on loopback that answers every request 503 SlowDown
+    (retryable) and counts the requests."""
+    import http.server
+
+    requests = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def _busy(self):
+            requests.append(self.command)
+            body = b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = _busy
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", requests
+    server.shutdown()
+
+
+def test_pyarrow_and_boto3_share_one_retry_policy_also_after_pickling(busy_endpoint, monkeypatch):
+    # 4 attempts (pyarrow's own default is 3) keeps the backoff of this test short.
+    monkeypatch.setattr(storage, "MAX_ATTEMPTS", 4)
+    url, requests = busy_endpoint
+    fs = pickle.loads(pickle.dumps(storage.s3_filesystem(url)))  # as Ray's workers get it
+    with pytest.raises(OSError):
+        fs.get_file_info("b/k")
+    assert len(requests) == 4
+    requests.clear()
+    with pytest.raises(Exception, match="503"):
+        storage.boto3_client(url).head_object(Bucket="b", Key="k")
+    assert len(requests) == 4
+    state = storage.pafs.S3FileSystem.__reduce__(fs)[1][0]
+    assert state["request_timeout"] == storage.READ_TIMEOUT_S
+    assert state["connect_timeout"] == storage.CONNECT_TIMEOUT_S
+    assert state["endpoint_override"] == url and state["region"] and state["access_key"] is None
+
+
+# --------------------------------------------------------------------------- temp files and the cache
+
+
+def _aged(path, hours: float) -> None:
+    """Set the mtime of a file or folder tree ``hours`` into the past."""
+    when = time.time() - hours * 3600
+    for folder, _, files in os.walk(path):
+        for name in files:
+            os.utime(os.path.join(folder, name), (when, when))
+        os.utime(folder, (when, when))
+    os.utime(path, (when, when))
+
+
+def test_stale_temp_files_and_download_folders_are_removed_by_age(tmp_path):
+    (tmp_path / ".dl-old").mkdir()
+    (tmp_path / ".dl-old" / "model.keras.1a.part").write_bytes(b"x")
+    (tmp_path / ".dl-live").mkdir()
+    (tmp_path / "entry").mkdir()
+    (tmp_path / "entry" / "w.h5.2b.part").write_bytes(b"x")
+    (tmp_path / ".manifest.json.3c.tmp").write_bytes(b"x")
+    (tmp_path / "keep.json").write_bytes(b"x")
+    for name in (".dl-old", "entry/w.h5.2b.part", ".manifest.json.3c.tmp", "keep.json"):
+        _aged(tmp_path / name, hours=storage.STALE_TEMP_AGE_S / 3600 + 1)
+    assert storage.remove_stale_temps(str(tmp_path)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dl-live", "entry", "keep.json"]
+    assert list((tmp_path / "entry").iterdir()) == []
+
+
+def test_atomic_write_removes_a_killed_writers_stale_temp(tmp_path):
+    target = tmp_path / "manifest.json"
+    stale, fresh = tmp_path / ".manifest.json.dead.tmp", tmp_path / ".manifest.json.live.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    _aged(stale, hours=storage.STALE_TEMP_AGE_S / 3600 + 1)
+    storage.atomic_write(str(target), "v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "manifest.json"]
+
+
+def test_cache_is_trimmed_least_recently_used_first(tmp_path):
+    checkpoints, weights = tmp_path / "checkpoints", tmp_path / "weights"
+    for folder, name, hours in ((checkpoints, "old", 3), (weights, "middle", 2), (checkpoints, "new", 1)):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "model.keras").write_bytes(b"x" * 1000)
+        _aged(folder / name, hours)
+    (checkpoints / ".dl-running").mkdir()  # a download in progress is never an LRU victim
+    storage.touch(str(checkpoints / "old"))  # just used: now the most recent
+    removed = storage.trim_cache([str(checkpoints), str(weights)], 2000, keep=[str(checkpoints / "new")])
+    assert removed == [str(weights / "middle")]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".dl-running", "new", "old"]
+    removed = storage.trim_cache([str(checkpoints), str(weights)], 0, keep=[str(checkpoints / "new")])
+    assert removed == [str(checkpoints / "old")]
+
+
+def test_cache_size_setting(monkeypatch):
+    monkeypatch.delenv(storage.CACHE_MAX_GB_ENV, raising=False)
+    assert storage.cache_max_bytes() == int(storage.CACHE_MAX_GB_DEFAULT * 1e9)
+    monkeypatch.setenv(storage.CACHE_MAX_GB_ENV, "0.5")
+    assert storage.cache_max_bytes() == 500_000_000
+    monkeypatch.setenv(storage.CACHE_MAX_GB_ENV, "lots")
+    with pytest.raises(StorageError, match="IMGREC_CACHE_MAX_GB='lots' is not a size in GB"):
+        storage.cache_max_bytes()
