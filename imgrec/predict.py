@@ -131,38 +131,40 @@ def _actor_pool(actors: int):
     return ActorPoolStrategy(size=actors)
 
 
-def predict_arrays(images: np.ndarray, model_uri: str) -> tuple[np.ndarray, list[str]]:
-    """Class probabilities for uint8 images in this process (no Ray)."""
-    from imgrec.models import class_probabilities
-
-    model, manifest = ckpt.load(model_uri, compile=False)
-    return class_probabilities(np.asarray(model.predict(images, verbose=0))), manifest["class_names"]
-
-
 def predict_one(image_uri: str, model_uri: str, top_k: int = 5) -> list[tuple[str, float]]:
     """(class name, probability) pairs for one image file, most likely first,
     decoded exactly as the checkpoint's manifest says."""
+    probs, manifest = _classify_one(image_uri, model_uri)
+    return _top(probs, manifest["class_names"], top_k)
 
-    ref = ckpt.resolve(model_uri)
-    image = decode_image(storage.read_bytes(image_uri), decode_config(ref.manifest))
-    probs, names = predict_arrays(image[None], ref.uri)
-    order = np.argsort(-probs[0])[:top_k]
-    return [(names[i], float(probs[0][i])) for i in order]
+
+def _classify_one(image_uri: str, model_uri: str) -> tuple[np.ndarray, dict]:
+    """One load of the model (hash verified; a run URI falls back to its next best
+    checkpoint), then the image decoded as that checkpoint's manifest says."""
+    from imgrec.models import class_probabilities
+
+    model, manifest = ckpt.load(model_uri, compile=False)
+    image = decode_image(storage.read_bytes(image_uri), decode_config(manifest))
+    return class_probabilities(np.asarray(model.predict(image[None], verbose=0)))[0], manifest
+
+
+def _top(probs: np.ndarray, names: list[str], k: int) -> list[tuple[str, float]]:
+    return [(names[i], float(probs[i])) for i in np.argsort(-probs)[:k]]
 
 
 def describe_one(image_uri: str, model_uri: str, top_k: int | None = None) -> str:
     """``predict_one`` as the course prints it: the answer (the image's folder,
     when that is a class name), the prediction, then each class's probability."""
-    ref = ckpt.resolve(model_uri)
-    names = ref.class_names
-    pairs = predict_one(image_uri, ref.uri, top_k=top_k or len(names))
+    probs, manifest = _classify_one(image_uri, model_uri)
+    names = manifest["class_names"]
+    pairs = _top(probs, names, top_k or len(names))
     folder = storage.basename(storage.parent(image_uri))
     answer = f"{folder}  (its folder)" if folder in names else "unknown  (the image's folder is not a class name)"
     best, p_best = pairs[0]
     width = max(len(n) for n, _ in pairs)
     lines = [
         f"image:      {storage.normalize(image_uri)}",
-        f"model:      {ref.uri}",
+        f"model:      {manifest['checkpoint_uri']}",
         f"answer:     {answer}",
         f"prediction: {best}  ({100 * p_best:.1f} %)" + ("" if folder not in names else
                                                           "  right" if best == folder else "  WRONG"),

@@ -187,3 +187,24 @@ def test_manifest_cannot_point_outside_its_folder(good_checkpoint, tmp_path):
     open(path, "w").write(json.dumps(manifest))
     with pytest.raises(ckpt.CheckpointError, match="expected a file name inside the checkpoint folder"):
         ckpt.load_local(folder)
+
+
+def test_predict_one_falls_back_past_a_tampered_best_checkpoint(good_checkpoint, tmp_path, cache):
+    """`imgrec predict-one --model RUN` loads once, verified: a tampered best
+    checkpoint is skipped and the answer comes from the good one."""
+    from PIL import Image
+
+    from imgrec.predict import describe_one, predict_one
+
+    run = tmp_path / "run"
+    _copy(good_checkpoint[0], run / "checkpoint_000001", epoch=1, val_accuracy=0.5)
+    _flip(_copy(good_checkpoint[0], run / "checkpoint_000002", epoch=2, val_accuracy=0.9), 1)
+    image = tmp_path / "b" / "x.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (*SIZE, 3)).astype("uint8")).save(image)
+    expected = good_checkpoint[1].predict(np.asarray(Image.open(image))[None], verbose=0)[0]
+    pairs = predict_one(str(image), str(run), top_k=3)
+    assert [n for n, _ in pairs] == [CLASSES[i] for i in np.argsort(-expected)]
+    np.testing.assert_allclose([p for _, p in pairs], np.sort(expected)[::-1], rtol=1e-5)
+    text = describe_one(str(image), str(run))
+    assert f"model:      {run}/checkpoint_000001" in text and "answer:     b  (its folder)" in text
