@@ -363,11 +363,12 @@ def _thread_cpu() -> dict[str, float]:
 VARIANTS = {
     # name: (description, LoopOptions fields, extra hooks)
     "timed": ("imgrec loop + per-thread CPU", {}, [ThreadCpuHook]),
+    "feed=tf.data": ("the distributed tf.data feed imgrec used before (teardown stalls)", {"feed": "tf.data"}, []),
     "threads=cpus": ("intra-op = physical cores // workers, inter-op = 1", "threads", []),
-    "autotune=off": ("tf.data options.autotune.enabled = False", {"tf_data_autotune": False}, []),
-    "persistent-iterator": ("one tf.data iterator for all epochs", {"persistent_iterator": True}, []),
-    "autotune=off+timed": ("autotune off + per-thread CPU", {"tf_data_autotune": False}, [ThreadCpuHook]),
-    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2", {"prefetch": -1}, []),
+    "autotune=off": ("tf.data options.autotune.enabled = False", {"feed": "tf.data", "tf_data_autotune": False}, []),
+    "persistent-iterator": ("one tf.data iterator for all epochs", {"feed": "tf.data", "persistent_iterator": True}, []),
+    "autotune=off+timed": ("autotune off + per-thread CPU", {"feed": "tf.data", "tf_data_autotune": False}, [ThreadCpuHook]),
+    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2", {"feed": "tf.data", "prefetch": -1}, []),
 }
 
 

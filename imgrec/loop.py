@@ -8,10 +8,10 @@ cannot load. The route proven here:
 
 * the model is built and compiled (optimizer included) inside ``strategy.scope()``,
   so ``model.keras`` carries optimizer state and resume continues it;
-* each worker's Ray Data shard becomes a tf.data pipeline fed through
-  ``distribute_datasets_from_function`` (no auto-sharding: Ray already split it),
-  batched at ``global batch // workers``; losses use ``tf.nn.compute_average_loss``
-  with the global batch size;
+* each worker's Ray Data shard is fed straight into ``strategy.run``, batched at
+  ``global batch // workers`` (Ray already split and prefetches it; a tf.data
+  pipeline in between stalled every epoch on its iterator's teardown); losses use
+  ``tf.nn.compute_average_loss`` with the global batch size;
 * every hook runs on every rank, in the same order: saving reads sync-on-read
   BatchNorm statistics, a collective, so a save on one rank alone can hang.
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 import itertools
 import time
 from typing import Any
+
+import numpy as np
 
 from imgrec import checkpoint as ckpt
 from imgrec import hooks as hooklib
@@ -295,15 +297,47 @@ def batchnorm_sync(strategy, model):
 
 
 def _datasets(loop: WorkerLoop, options: LoopOptions, has_val: bool) -> dict[str, Any]:
-    """Distributed tf.data pipelines over this worker's Ray Data shards."""
+    """Per-epoch iterables of distributed batches over this worker's Ray Data shards."""
     import ray.train
 
-    out = {"train": _distributed(loop, options, ray.train.get_dataset_shard("train"), training=True)}
+    feed = _direct if options.feed == "direct" else _distributed
+    out = {"train": feed(loop, options, ray.train.get_dataset_shard("train"), training=True)}
     if has_val:
-        out["val"] = _distributed(loop, options, ray.train.get_dataset_shard("val"), training=False)
-    if options.persistent_iterator:
+        out["val"] = feed(loop, options, ray.train.get_dataset_shard("val"), training=False)
+    if options.persistent_iterator and options.feed == "tf.data":
         out["train"] = _PersistentEpochs(iter(out["train"]), loop.steps_per_epoch)
     return out
+
+
+class _direct:
+    """Ray Data batches as the step's arguments: each iteration is one epoch of the
+    shard (local shuffle for training), converted to tensors as they come; with
+    several local replicas (GPUs) a batch is split between them."""
+
+    def __init__(self, loop: WorkerLoop, options: LoopOptions, shard, training: bool):
+        self.loop, self.shard, self.training, self.prefetch = loop, shard, training, max(0, options.prefetch)
+        self.per_worker = loop.global_batch // loop.world
+        self.local_replicas = max(1, loop.strategy.num_replicas_in_sync // loop.world)
+
+    def __iter__(self):
+        shuffle = max(256, 4 * self.per_worker) if self.training else 0
+        for x, y in shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
+                                  prefetch=self.prefetch):
+            yield self._distribute(x, y)
+
+    def _distribute(self, x, y):
+        import tensorflow as tf
+
+        if self.local_replicas == 1:
+            return tf.constant(x), tf.constant(y)
+        first = self.loop.rank * self.local_replicas  # this worker's first global replica id
+        xs, ys = np.array_split(x, self.local_replicas), np.array_split(y, self.local_replicas)
+
+        def part(ctx, parts):
+            return tf.constant(parts[ctx.replica_id_in_sync_group - first])
+
+        values = self.loop.strategy.experimental_distribute_values_from_function
+        return values(lambda ctx: part(ctx, xs)), values(lambda ctx: part(ctx, ys))
 
 
 def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):

@@ -17,9 +17,17 @@ class LoopOptions:
     """Knobs of the worker's input pipeline and TensorFlow pools, for experiments
     (``benchmarks/train_throughput.py``); the defaults are what imgrec runs."""
 
-    prefetch: int = 2  # tf.data prefetch depth per worker; -1: tf.data.AUTOTUNE
-    tf_data_autotune: bool = True  # tf.data's autotuning model thread
-    persistent_iterator: bool = False  # one training iterator for the whole run, not one per epoch
+    # "direct": Ray Data batches straight into strategy.run (no tf.data: a tf.data iterator's
+    # teardown waits for its autotune thread's next wake-up, up to 60 s, every epoch);
+    # "tf.data": the distributed tf.data pipeline, kept to measure against.
+    feed: str = "direct"
+    prefetch: int = 2  # batches prefetched (Ray Data's; with feed="tf.data", tf.data's, -1: AUTOTUNE)
+    tf_data_autotune: bool = True  # feed="tf.data" only: tf.data's autotuning model thread
+    persistent_iterator: bool = False  # feed="tf.data" only: one training iterator for the whole run
+
+    def __post_init__(self) -> None:
+        if self.feed not in ("direct", "tf.data"):
+            raise ValueError(f"LoopOptions.feed must be 'direct' or 'tf.data', got {self.feed!r}")
     intra_op_threads: int | None = None  # None: TensorFlow's default
     inter_op_threads: int | None = None
 
