@@ -54,7 +54,9 @@ def timing_png(history: list[dict[str, Any]]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     rows = [timing.epoch_breakdown(h) for h in history]
-    names = [n for n in rows[0] if any(r.get(n, 0.0) > 0 for r in rows)] if rows else []
+    tallest = max((sum(r.values()) for r in rows), default=0.0)
+    # Phases too small to see (under 0.5 % of the tallest bar) stay out of the legend; the table has them.
+    names = [n for n in rows[0] if any(r.get(n, 0.0) > 0.005 * tallest for r in rows)] if rows else []
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(epochs) + 4), 4))
     bottom = [0.0] * len(rows)

@@ -56,6 +56,25 @@ def test_workers_option_is_auto_or_a_count():
             TrainConfig(workers=bad)
     with pytest.raises(ConfigError, match="global batch"):
         TrainConfig(workers=4, batch_size=2)
+    with pytest.raises(ConfigError, match="checkpoint_every must be >= 1"):
+        TrainConfig(checkpoint_every=0)
+
+
+def test_cli_rejects_a_bad_worker_count_in_one_line():
+    from typer.testing import CliRunner
+
+    from imgrec.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--data", "./nowhere", "--workers", "two"])
+    assert out.exit_code == 2 and "workers must be 'auto' or a count >= 1, got 'two'" in out.output
+
+
+def test_loop_feed_is_a_known_choice():
+    from imgrec.loop_state import LoopOptions
+
+    assert LoopOptions().feed == "direct"
+    with pytest.raises(ValueError, match="feed must be 'direct' or 'tf.data'"):
+        LoopOptions(feed="tfdata")
 
 
 def test_an_empty_cluster_is_a_clear_error():
