@@ -320,7 +320,7 @@ class _direct:
         self.local_replicas = max(1, loop.strategy.num_replicas_in_sync // loop.world)
 
     def __iter__(self):
-        shuffle = max(256, 4 * self.per_worker) if self.training else 0
+        shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
         for x, y in shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
                                   prefetch=self.prefetch):
             yield self._distribute(x, y)
@@ -347,7 +347,7 @@ def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):
     endless = training and options.persistent_iterator
 
     def batches(per_replica: int):
-        shuffle = max(256, 4 * per_replica) if training else 0
+        shuffle = _shuffle_buffer(per_replica) if training else 0
         while True:
             yield from shard_batches(shard, per_replica, shuffle_buffer=shuffle, drop_last=training)
             if not endless:
@@ -400,12 +400,12 @@ def train_epoch(loop: WorkerLoop, epoch: int, train_step, batches, hooks: hookli
         step += 1
         out = train_step(batch)
         first_step = first_step or time.perf_counter() - t_step  # epoch 1: tracing the step function
-        totals = out if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
+        totals = _add(totals, out)
         hooks.on_train_batch_end(loop, step, totals)
     train_time = time.perf_counter() - t0
     with timed(loop.phases, "data_teardown_s"):  # the epoch's tf.data and Ray Data iterators end here
         del iterator
-    loss_sum, correct, seen = (float(v) for v in totals) if totals else (0.0, 0.0, 0.0)
+    loss_sum, correct, seen = _values(totals)
     return {
         "epoch": epoch + 1,
         "loss": loss_sum / max(seen, 1),
@@ -428,10 +428,25 @@ def validate(eval_step, batches) -> dict[str, float] | None:
     totals = None
     for batch in batches:
         out = eval_step(batch)
-        totals = out if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
-    loss_sum, correct, seen = (float(v) for v in totals) if totals else (0.0, 0.0, 0.0)
+        totals = _add(totals, out)
+    loss_sum, correct, seen = _values(totals)
     return {"val_loss": loss_sum / max(seen, 1), "val_accuracy": correct / max(seen, 1),
             "val_time_s": time.perf_counter() - t0}
+
+
+def _shuffle_buffer(batch: int) -> int:
+    """Rows in the local shuffle buffer for training batches of ``batch``."""
+    return max(256, 4 * batch)
+
+
+def _add(totals, out):
+    """Running (loss sum, correct, images) as device tensors: no host sync per step."""
+    return out if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
+
+
+def _values(totals) -> tuple[float, float, float]:
+    """The running sums read once, at the end of an epoch or of validation."""
+    return tuple(float(v) for v in totals) if totals else (0.0, 0.0, 0.0)
 
 
 def _train_as_val(metrics: dict[str, Any]) -> dict[str, float]:
