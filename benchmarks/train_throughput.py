@@ -1,36 +1,40 @@
-"""Training throughput: imgrec (Ray Train + MultiWorkerMirroredStrategy loop) on 1 and
-2 workers against plain single-process Keras ``model.fit`` on the same images in memory.
+"""Training end to end: ``imgrec train`` (the CLI, as a user runs it) against plain
+Keras 3 ``image_dataset_from_directory`` + ``fit`` on the same photos, rows
+interleaved in one run, each row a process of its own.
 
-    .venv/bin/python benchmarks/train_throughput.py                     # the standard table
-    .venv/bin/python benchmarks/train_throughput.py --rounds 2          # interleaved repeats
-    .venv/bin/python benchmarks/train_throughput.py --variants "persistent-iterator@1,timed@2"
+    .venv/bin/python benchmarks/train_throughput.py                       # both suites
+    .venv/bin/python benchmarks/train_throughput.py --suite s3 --models small_cnn --rows plain,auto
+    .venv/bin/python benchmarks/train_throughput.py --table-from out.json
 
-Same 128x128 synthetic JPEGs (``synth.make_dataset``), same model (``--model``,
-default small_cnn), same global batch (32), augmentation none, same epochs (3).
-The imgrec runs read the images with the data plane (``load_dataset``, decoded once
-before the runs and shared by all of them; no validation split); the plain run takes
-the same decoded pixels as numpy arrays (``take_arrays``). Per run it reports:
+Suites:
 
-* start-up: ``train()`` call (plain: model build) to the end of epoch 1, and its part
-  before the first step ("pre-step" = start-up - epoch-1 train time). The plain
-  figure excludes importing TensorFlow (printed once in the header);
-* epoch-1 images/s (tf.function tracing included) and steady images/s (mean of
-  epochs >= 2, from the loop's own ``train_time_s``, which excludes checkpointing);
-* CPU ms per image between the ends of epoch 1 and of the last epoch, for every
-  process (checkpoints included, the benchmark's own sampler excluded) and for the
-  Ray Train workers alone; on a shared machine this moves far less than images/s;
-* peak RSS: sum over this process and every process it started (the Ray cluster
-  included; shared pages such as the object store count once per process mapping
-  them), sampled every 0.5 s; PSS (shared pages split between their users) at the
-  epoch ends. For the plain run, this process alone;
-* per run, where the steady-state CPU went (cores busy per Ray process kind) and
-  the RSS per process kind at the peak.
+* ``s3``: ``--n`` (2,000) generated JPEGs of varied sizes (59-1023 px a side,
+  2 classes, ``imgrec.synth`` shapes re-encoded at a random size each), imgrec
+  reading them from a local S3 endpoint (moto's server on loopback, started here)
+  with its run and checkpoints there too; plain Keras reads the same files from
+  local disk. Models: ``seed_catsdogs`` (the course's 29M-parameter CNN, 128²)
+  and ``small_cnn`` (128²).
+* ``cifar10-dev``: ``../shared/data/cifar10-dev`` (real CIFAR-10 JPEGs, read in
+  place, local disk for both) with ``seed_cifar`` at 32².
 
-``--variants`` runs imgrec's worker loop with one change each (see VARIANTS: TF
-thread pools, prefetch depth, tf.data autotune, one iterator for the whole run, a
-per-thread CPU hook), through ``train(cfg, loop_options=..., hooks=[...])``; the
-loop's own per-epoch record gives the data wait and every hook's time.
-``--table-from`` re-prints the tables of earlier ``--json`` files.
+Rows: ``plain`` (Keras ``fit``, one process), ``auto`` (imgrec's default worker
+plan), ``w1`` (``--workers 1``), ``w2`` (``--workers 2``). Same global batch (32),
+same 30 % validation split (validated every epoch), no augmentation on either side,
+``--epochs`` (5) epochs; imgrec with ``--no-evaluate --no-report`` (plain Keras
+does neither). Columns:
+
+* start-up s: process start to the first epoch's start (plain: TensorFlow import,
+  listing, model build; imgrec: Ray, listing, decode, Train, workers);
+* steady img/s: training images x (epochs - 1) / wall clock between the ends of
+  epoch 1 and of the last epoch (validation and checkpoints included on both sides);
+* spread: slowest / fastest epoch over epochs >= 2, from the same epoch ends;
+* end to end s: the whole process, exit included;
+* CPU s/img: user + system CPU of the whole process tree (Ray's processes included)
+  per training image seen;
+* peak RSS: summed resident memory of the tree (shared pages count in every process
+  mapping them, so Ray's sums overstate), sampled every 0.5 s;
+* load: the 1-minute load average when the row started;
+* breakdown (imgrec): mean seconds per epoch >= 2 of each phase in ``history.json``.
 """
 
 from __future__ import annotations
@@ -41,558 +45,329 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CIFAR_DEV = os.path.join(ROOT, "..", "shared", "data", "cifar10-dev")
+SUITES = {"s3": {"models": ("seed_catsdogs", "small_cnn"), "size": 128},
+          "cifar10-dev": {"models": ("seed_cifar",), "size": 32}}
+ROWS = ("plain", "auto", "w1", "w2")
+BATCH, VALIDATION = 32, 0.3
 
 try:
     import psutil
-except ImportError:  # not installed on its own: Ray ships it (ray/thirdparty_files), on the path after `import ray`
-    import ray  # noqa: F401, I001  (first: it puts its copy of psutil on the path)
+except ImportError:  # Ray ships its own copy
+    import ray  # noqa: F401, I001
     import psutil
 
-from imgrec.hooks import Hook  # noqa: E402  (no TensorFlow: the env above is set first anyway)
-from imgrec.runtime import worker_echo  # noqa: E402
 
-# --------------------------------------------------------------------------- sampling
+# --------------------------------------------------------------------------- measuring a process tree
 
 
-class Sampler(threading.Thread):
-    """Peak RSS and CPU time of this process (+ descendants), and when each epoch of an
-    imgrec run ended (the time its ``history.json`` first lists that epoch)."""
+class TreeSampler(threading.Thread):
+    """Peak summed RSS and total CPU of a process and its descendants; a process
+    that exits keeps the CPU last seen for it (sampled every ``interval`` s)."""
 
-    def __init__(self, tree: bool, history_path: str | None = None, interval: float = 0.5):
+    def __init__(self, pid: int, interval: float = 0.5):
         super().__init__(daemon=True)
-        self.tree, self.history_path, self.interval = tree, history_path, interval
+        self.root, self.interval = psutil.Process(pid), interval
+        self.cpu: dict[int, float] = {}
         self.peak_rss = 0
-        self.peak_procs = 0
-        self.peak_by_process: list[tuple[str, int, int]] = []
-        self.peak_pss = 0  # proportional set size (shared pages split between their users), at epoch ends
-        self.own_cpu = 0.0
-        self.epoch_end: dict[int, tuple[float, float]] = {}  # epoch -> (time, tree cpu s)
-        self.epoch_procs: dict[int, dict[int, tuple[str, float]]] = {}  # epoch -> {pid: (label, cpu s)}
         self._halt = threading.Event()
-        self._me = psutil.Process()
-        self._mtime = None
 
-    def procs(self) -> list[psutil.Process]:
-        return [self._me] + (self._me.children(recursive=True) if self.tree else [])
-
-    def sample(self, per_process: dict | None = None) -> tuple[int, float, int]:
-        rss = cpu = 0.0
-        procs = self.procs()
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = 0
         for p in procs:
             try:
                 with p.oneshot():
-                    rss += p.memory_info().rss
                     t = p.cpu_times()
-                    cpu += t.user + t.system
-                if per_process is not None:
-                    per_process[p.pid] = (_proc_label(p), t.user + t.system)
+                    self.cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+                    rss += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
-        return int(rss), cpu, len(procs)
-
-    def pss(self) -> int:
-        total = 0
-        for p in self.procs():
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
-                pass
-        return total
-
-    def cpu_now(self) -> float:
-        return self.sample()[1]
-
-    def _check_history(self, now: float, cpu: float) -> None:
-        try:
-            mtime = os.stat(self.history_path).st_mtime
-        except OSError:
-            return
-        if mtime == self._mtime:
-            return
-        try:
-            epochs = json.load(open(self.history_path))["epochs"]
-        except (OSError, ValueError, KeyError):
-            return  # caught mid-write (atomic writes make this rare): next sample
-        self._mtime = mtime
-        new = [int(h["epoch"]) for h in epochs if int(h["epoch"]) not in self.epoch_end]
-        if new:
-            per_process: dict[int, tuple[str, float]] = {}
-            self.sample(per_process)
-            per_process[-1] = ("(benchmark sampler thread)", self.own_cpu)
-            self.peak_pss = max(self.peak_pss, self.pss())
-            for e in new:
-                self.epoch_end[e] = (now, cpu)
-                self.epoch_procs[e] = per_process
-
-    def steady_breakdown(self) -> list[tuple[str, float]]:
-        """CPU seconds per process kind between the end of epoch 1 and of the last epoch."""
-        if 1 not in self.epoch_procs or max(self.epoch_procs) < 2:
-            return []
-        a, b = self.epoch_procs[1], self.epoch_procs[max(self.epoch_procs)]
-        out: dict[str, float] = {}
-        for pid, (label, cpu) in b.items():
-            out[label] = out.get(label, 0.0) + cpu - (a[pid][1] if pid in a else 0.0)
-        # The sampler runs in this process: its cost is the benchmark's, not the driver's.
-        sampler = out.pop("(benchmark sampler thread)", 0.0)
-        out["driver (this process)"] = out.get("driver (this process)", 0.0) - sampler
-        return sorted(out.items(), key=lambda kv: -kv[1])
+        self.peak_rss = max(self.peak_rss, rss)
 
     def run(self) -> None:
-        while not self._halt.is_set():
-            rss, cpu, n = self.sample()
-            now = time.time()
-            if rss > self.peak_rss:
-                self.peak_rss, self.peak_procs = rss, n
-                if self.tree:
-                    self.peak_by_process = self._rss_by_label()
-            if self.history_path:
-                self._check_history(now, cpu)
-            self.own_cpu = time.thread_time()  # the sampler's own cost, counted in the tree's CPU
-            self._halt.wait(self.interval)
+        while not self._halt.wait(self.interval):
+            self.sample()
 
-    def _rss_by_label(self) -> list[tuple[str, int, int]]:
-        out: dict[str, list[int]] = {}
-        for p in self.procs():
-            try:
-                rss = p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            entry = out.setdefault(_proc_label(p), [0, 0])
-            entry[0] += rss
-            entry[1] += 1
-        return sorted(((k, v[0], v[1]) for k, v in out.items()), key=lambda t: -t[1])
-
-    def stop(self) -> None:
+    def stop(self) -> float:
         self._halt.set()
         self.join()
+        return sum(self.cpu.values())
 
 
-def _proc_label(p: psutil.Process) -> str:
-    """"ray::SplitCoordinator", "raylet", "this process", ... (Ray sets its workers' titles)."""
-    if p.pid == os.getpid():
-        return "driver (this process)"
-    try:
-        cmd = p.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        cmd = []
-    first = (cmd[0] if cmd else p.name()).split()[0] if (cmd or p.name()) else "?"
-    if first.startswith("ray::"):
-        return first.split(".")[0]
-    return os.path.basename(first) if not first.endswith("python") else " ".join(
-        os.path.basename(c) for c in cmd[1:3])
+# --------------------------------------------------------------------------- data
 
 
-def loadavg() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+def varied_jpegs(root: str, n: int) -> str:
+    """``n`` JPEGs, 2 classes, each side 59-1023 px, under ``root/data`` (cached)."""
+    import numpy as np
+    from PIL import Image
+
+    from imgrec import synth
+
+    out = os.path.join(root, f"varied-{n}")
+    if os.path.exists(os.path.join(out, ".done")):
+        return out
+    base = os.path.join(root, f"base-{n}")
+    synth.make_dataset(base, task="shapes", classes=2, per_class=n // 2, image_size=(256, 256), seed=7,
+                       test_per_class=1, overwrite=True)
+    rng = np.random.default_rng(7)
+    for dirpath, _, files in os.walk(os.path.join(base, "train")):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(dirpath, name), base)
+            dest = os.path.join(out, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            w, h = (int(v) for v in rng.integers(59, 1024, 2))
+            Image.open(os.path.join(dirpath, name)).convert("RGB").resize((w, h)).save(dest, quality=90)
+    shutil.rmtree(base)
+    open(os.path.join(out, ".done"), "w").close()
+    return out
 
 
-def ray_processes_outside_tree() -> int:
-    """Ray processes on the machine that are not ours (other engineers' clusters)."""
-    mine = {p.pid for p in psutil.Process().children(recursive=True)}
-    n = 0
-    for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            name = p.info["name"] or ""
-            if p.pid not in mine and (name.startswith("ray::") or name in ("raylet", "gcs_server")):
-                n += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return n
+def s3_env(endpoint: str) -> dict[str, str]:
+    # Dummy credentials for the loopback moto server only.
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-# --------------------------------------------------------------------------- plain Keras
+def upload_tree(local: str, uri: str) -> None:
+    from imgrec import storage
+
+    storage.upload_dir(local, uri, progress=False)
 
 
-def run_plain(x, y, num_classes: int, args) -> dict:
+# --------------------------------------------------------------------------- one row
+
+
+def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: str, storage_uri: str,
+            env: dict, log) -> dict:
+    """Run one row as a child process; its figures."""
+    run_name = f"{model}-{row}-{os.urandom(3).hex()}"
+    events = os.path.join(args.workdir, f"{run_name}.epochs.json")
+    if row == "plain":
+        cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", data_local, "--model", model,
+               "--size", str(size), "--epochs", str(args.epochs), "--events", events]
+    else:
+        workers = {"auto": "auto", "w1": "1", "w2": "2"}[row]
+        cmd = [os.path.join(os.path.dirname(sys.executable), "imgrec"), "train", "--data", data_uri,
+               "--storage", storage_uri, "--run-name", run_name, "--model", model, "--image-size", str(size),
+               "--epochs", str(args.epochs), "--batch-size", str(BATCH), "--validation-split", str(VALIDATION),
+               "--augment", "none", "--workers", workers, "--no-evaluate", "--no-report"]
+    load = os.getloadavg()[0]
+    print(f"# {model} {row}: {' '.join(cmd[1:3])} ... (load {load:.1f})", flush=True)
+    log.write(f"\n===== {model} {row} {dt.datetime.now():%H:%M:%S}: {' '.join(cmd)}\n")
+    log.flush()
+    started = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    code = proc.wait()
+    ended = time.time()
+    cpu = sampler.stop()
+    if code != 0:
+        return {"model": model, "row": row, "error": f"exit {code}, see {log.name}", "load": load}
+    if row == "plain":
+        with open(events) as f:
+            epochs = json.load(f)
+        breakdown: dict[str, float] = {}
+    else:
+        epochs, breakdown = imgrec_epochs(storage_uri, run_name)
+    return {"model": model, "row": row, "load": load, **rates(epochs, started, ended), "breakdown": breakdown,
+            "cpu_s_per_img": cpu / max(1, sum(e["images"] for e in epochs)), "peak_rss_mb": sampler.peak_rss / 2**20}
+
+
+def imgrec_epochs(storage_uri: str, run_name: str) -> tuple[list[dict], dict[str, float]]:
+    """Epoch records (start, end, images) and the mean breakdown of epochs >= 2 from the run's history."""
+    from imgrec import storage, timing
+    from imgrec.layout import RunLayout
+
+    history = json.loads(storage.read_bytes(RunLayout.of(storage_uri, run_name).history))
+    records = history["epochs"]
+    epochs = [{"start": r["ended_at"] - r["epoch_time_s"], "end": r["ended_at"], "images": r["images"]}
+              for r in records]
+    steady = records[1:] or records
+    phases: dict[str, float] = {}
+    for r in steady:
+        for k, v in timing.epoch_breakdown(r).items():
+            phases[k] = phases.get(k, 0.0) + v / len(steady)
+    phases["epoch_time_s"] = sum(r["epoch_time_s"] for r in steady) / len(steady)
+    phases["allreduce_MiB_per_step"] = records[-1].get("allreduce_bytes_per_step", 0) / 2**20
+    phases.update({f"startup:{k}": v for k, v in history.get("startup", {}).items()})
+    return epochs, phases
+
+
+def rates(epochs: list[dict], started: float, ended: float) -> dict:
+    ends = [e["end"] for e in epochs]
+    intervals = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    steady_images = sum(e["images"] for e in epochs[1:])
+    return {
+        "startup_s": epochs[0]["start"] - started,
+        "steady_ips": steady_images / (ends[-1] - ends[0]) if len(ends) > 1 else None,
+        "spread": max(intervals) / min(intervals) if intervals else None,
+        "e2e_s": ended - started,
+        "epoch_s": [round(epochs[0]["end"] - epochs[0]["start"], 1)] + [round(v, 1) for v in intervals],
+    }
+
+
+# --------------------------------------------------------------------------- the plain Keras child
+
+
+def plain_child(args) -> None:
+    """What a user writes without imgrec: image_dataset_from_directory + fit."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+    import tensorflow as tf
 
     from imgrec import models
     from imgrec.config import ModelConfig
 
-    times: list[float] = []
-    cpus: list[float] = []
-    sampler = Sampler(tree=False)
+    train, val = keras.utils.image_dataset_from_directory(
+        os.path.join(args.plain_child, "train"), validation_split=VALIDATION, subset="both", seed=0,
+        image_size=(args.size, args.size), batch_size=BATCH)
+    classes, files = len(train.class_names), train.file_paths
+    # imgrec's models take uint8 pixels (scaling is inside the model).
+    train, val = (d.map(lambda x, y: (tf.cast(x, tf.uint8), y)) for d in (train, val))
+    model = models.build_model(ModelConfig(name=args.model), classes, (args.size, args.size))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=models.loss_name(classes), metrics=["accuracy"])
+    epochs: list[dict] = []
 
-    class EpochClock(keras.callbacks.Callback):
+    class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append(time.time() - self.t0)
-            cpus.append(sampler.cpu_now())
-            sampler.peak_pss = max(sampler.peak_pss, sampler.pss())
+            epochs.append({"start": self.t0, "end": time.time(), "images": n_train})
 
-    load0 = loadavg()
-    sampler.start()
-    t_call = time.time()
-    cpu0 = sampler.cpu_now()
-    keras.utils.set_random_seed(0)
-    model = models.build_model(ModelConfig(name=args.model), num_classes, (args.image_size, args.image_size))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=models.loss_name(num_classes), metrics=["accuracy"])
-    t_fit = time.time()
-    hist = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0,
-                     callbacks=[EpochClock()])
-    sampler.stop()
-    n = len(x)
-    ips = [n / t for t in times]
-    steady_cpu = (cpus[-1] - cpus[0]) / (n * (len(times) - 1)) if len(times) > 1 else None
-    return {
-        "config": "plain keras fit", "workers": 1,
-        "startup_s": (t_fit - t_call) + times[0], "before_first_step_s": t_fit - t_call,
-        "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
-        "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
-        "worker_cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
-        "cpu_s_total": cpus[-1] - cpu0,
-        "peak_rss_mb": sampler.peak_rss / 2**20, "pss_mb": sampler.peak_pss / 2**20, "procs": 1,
-        "load": f"{load0} -> {loadavg()}",
-        "final_accuracy": float(hist.history["accuracy"][-1]),
-    }
-
-
-# --------------------------------------------------------------------------- imgrec runs
-
-
-def _mean(v):
-    return sum(v) / len(v)
-
-
-def run_imgrec(data, args, workers: int, label: str, runs_dir: str, options=None, hooks=None) -> dict:
-    import imgrec.train as T
-    from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
-    from imgrec.layout import RunLayout
-
-    cfg = TrainConfig(
-        data=DataConfig(uri=data.source, validation_split=0.0,
-                        decode=DecodeConfig(image_size=(args.image_size, args.image_size))),
-        model=ModelConfig(name=args.model), augment=AugmentConfig(), storage=runs_dir,
-        run_name=f"{label.replace(' ', '_')}-w{workers}-{os.urandom(2).hex()}",
-        workers=workers, cpus_per_worker=1.0, batch_size=args.batch_size, epochs=args.epochs,
-        keep_checkpoints=1, max_failures=0, evaluate=False, report=False,
-    )
-    history_path = RunLayout.of(runs_dir, cfg.run_name).history
-    sampler = Sampler(tree=True, history_path=history_path)
-    load0 = loadavg()
-    sampler.start()
-    cpu0 = sampler.cpu_now()
-    t_call = time.time()
-    try:
-        result = T.train(cfg, dataset=data, loop_options=options, hooks=hooks)
-    finally:
-        sampler.stop()
-    hist = result.history
-    ips = [h["images_per_s"] for h in hist]
-    seen = [h["images_per_s"] * h["train_time_s"] for h in hist]
-    ends = sampler.epoch_end
-    startup = ends[1][0] - t_call if 1 in ends else None
-    last = max(ends) if ends else None
-    steady_cpu = worker_cpu = None
-    breakdown = sampler.steady_breakdown()
-    if last and last > 1 and breakdown:
-        steady_imgs = sum(seen[1:last])
-        steady_cpu = sum(cpu for _, cpu in breakdown) / steady_imgs  # all processes, sampler excluded
-        worker_cpu = sum(cpu for label, cpu in breakdown if label == "ray::RayTrainWorker") / steady_imgs
-    return {
-        "config": label, "workers": workers,
-        "startup_s": startup,
-        "before_first_step_s": startup - hist[0]["train_time_s"] if startup else None,
-        "epoch1_ips": ips[0], "steady_ips": _mean(ips[1:]) if len(ips) > 1 else ips[0],
-        "epoch_ips": ips, "cpu_ms_per_img": 1e3 * steady_cpu if steady_cpu else None,
-        "worker_cpu_ms_per_img": 1e3 * worker_cpu if worker_cpu else None,
-        "cpu_s_total": sampler.cpu_now() - cpu0,
-        "peak_rss_mb": sampler.peak_rss / 2**20, "pss_mb": sampler.peak_pss / 2**20, "procs": sampler.peak_procs,
-        "load": f"{load0} -> {loadavg()}", "elapsed_s": result.elapsed_s,
-        "final_accuracy": hist[-1]["accuracy"],
-        "steady_wall_s": ends[last][0] - ends[1][0] if last and last > 1 else None,
-        "steady_cpu_by_process": breakdown,
-        "peak_rss_by_process": sampler.peak_by_process,
-        "sampler_cpu_s": sampler.own_cpu,
-    }
-
-
-# --------------------------------------------------------------------------- loop variants
-#
-# Each variant is imgrec's own worker loop with other ``LoopOptions`` and/or extra
-# hooks, passed through ``train(cfg, loop_options=..., hooks=[...])``: imgrec is
-# not modified, and the loop's per-epoch record (data wait, train, validation and
-# hook times) is what every variant reports.
-
-
-class ThreadCpuHook(Hook):
-    """Prints, per rank and epoch, the data wait and step time per step (from the
-    loop's own record) and the worker's CPU by thread name (digits stripped)."""
-
-    name = "thread_cpu"
-
-    def on_epoch_begin(self, loop, epoch):
-        self.cpu, self.wall = _thread_cpu(), time.perf_counter()
-
-    def on_epoch_end(self, loop, epoch, metrics):
-        wall = time.perf_counter() - self.wall
-        steps = max(1, loop.steps_per_epoch)
-        by_thread = sorted(((k, v - self.cpu.get(k, 0.0)) for k, v in _thread_cpu().items()), key=lambda kv: -kv[1])
-        busy = ", ".join(f"{k} {v / wall:.2f}" for k, v in by_thread if v / wall >= 0.005)
-        step_ms = 1e3 * (metrics["train_time_s"] - metrics["data_wait_s"]) / steps
-        worker_echo(f"[bench] rank {loop.rank} epoch {epoch + 1}: data wait {1e3 * metrics['data_wait_s'] / steps:.1f} "
-                    f"ms/step, rest of the step {step_ms:.1f} ms/step; worker CPU by thread, cores busy over "
-                    f"{wall:.0f}s: {busy}")
-
-
-def _thread_cpu() -> dict[str, float]:
-    """CPU seconds per thread name (digits stripped) of this process."""
-    out: dict[str, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            st = open(f"/proc/self/task/{tid}/stat").read()
-        except OSError:
-            continue
-        name = st[st.index("(") + 1:st.rindex(")")].rstrip("0123456789_-/ ") or "?"
-        f = st[st.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
-VARIANTS = {
-    # name: (description, LoopOptions fields, extra hooks)
-    "timed": ("imgrec loop + per-thread CPU", {}, [ThreadCpuHook]),
-    "feed=tf.data": ("the distributed tf.data feed imgrec used before (teardown stalls)", {"feed": "tf.data"}, []),
-    "threads=cpus": ("intra-op = physical cores // workers, inter-op = 1", "threads", []),
-    "autotune=off": ("tf.data options.autotune.enabled = False", {"feed": "tf.data", "tf_data_autotune": False}, []),
-    "persistent-iterator": ("one tf.data iterator for all epochs", {"feed": "tf.data", "persistent_iterator": True}, []),
-    "autotune=off+timed": ("autotune off + per-thread CPU", {"feed": "tf.data", "tf_data_autotune": False}, [ThreadCpuHook]),
-    "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2", {"feed": "tf.data", "prefetch": -1}, []),
-}
-
-
-def variant_loop(name: str, workers: int):
-    """(description, LoopOptions, hooks) of a variant."""
-    from imgrec.loop import LoopOptions
-
-    desc, options, hooks = VARIANTS[name]
-    if options == "threads":
-        options = {"intra_op_threads": max(1, (psutil.cpu_count(logical=False) or 2) // workers),
-                   "inter_op_threads": 1}
-    return desc, LoopOptions(**options), [hook() for hook in hooks]
+    n_train = len(files)
+    model.fit(train, validation_data=val, epochs=args.epochs, verbose=2, callbacks=[Clock()])
+    with open(args.events, "w") as f:
+        json.dump(epochs, f)
 
 
 # --------------------------------------------------------------------------- table
 
 
-def _median(v):
-    v = sorted(x for x in v if x is not None)
-    if not v:
-        return None
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["config"], r["workers"]), []).append(r)
-    out = []
-    for (config, workers), rs in groups.items():
-        m = {"config": f"{config} (n={len(rs)})", "workers": workers, "procs": max(r["procs"] for r in rs),
-             "load": ", ".join(r["load"].split(" -> ")[0].split("/")[0] for r in rs) + " (1-min at start)"}
-        for k in ("startup_s", "before_first_step_s", "epoch1_ips", "steady_ips", "cpu_ms_per_img",
-                  "worker_cpu_ms_per_img", "peak_rss_mb", "pss_mb"):
-            m[k] = _median([r.get(k) for r in rs])
-        out.append(m)
-    return out
-
-
-def print_breakdown(r: dict) -> None:
-    """Where the CPU went in the steady epochs (end of epoch 1 to end of the last one,
-    checkpoint saves included), per process kind, in cores busy on average."""
-    if not r.get("steady_cpu_by_process") or not r.get("steady_wall_s"):
-        return
-    wall = r["steady_wall_s"]
-    parts = [f"{label} {cpu / wall:.2f}" for label, cpu in r["steady_cpu_by_process"] if cpu / wall >= 0.005]
-    total = sum(cpu for _, cpu in r["steady_cpu_by_process"]) / wall
-    print(f"#   steady-state CPU, cores busy ({wall:.0f}s wall; total {total:.2f}; the benchmark's sampler "
-          f"{r['sampler_cpu_s']:.1f} CPU s over the whole run): " + ", ".join(parts), flush=True)
-    if r.get("peak_rss_by_process"):
-        print("#   RSS at peak, MB (processes): " + ", ".join(
-            f"{label} {rss / 2**20:.0f} ({n})" for label, rss, n in r["peak_rss_by_process"]), flush=True)
-
-
-def table(rows: list[dict], plain: dict | None) -> str:
-    """``plain``: the plain run's medians (steady_ips, cpu_ms_per_img) the ratios refer to."""
-    head = ("config", "workers", "startup s", "pre-step s", "epoch-1 img/s", "steady img/s", "vs plain",
-            "CPU ms/img all", "CPU ms/img workers", "CPU-eff. vs plain", "peak RSS MB", "PSS MB", "procs",
-            "load avg (start -> end)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+def table(rows: list[dict]) -> str:
+    head = ("model", "row", "start-up s", "steady img/s", "vs plain", "spread", "end to end s",
+            "e2e vs plain", "CPU s/img", "peak RSS MB", "load", "epoch s (1st, then between ends)")
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    plain = {r["model"]: r for r in rows if r["row"] == "plain" and "error" not in r}
 
     def f(v, p=1):
         return "-" if v is None else f"{v:.{p}f}"
 
     for r in rows:
-        ratio = f"{r['steady_ips'] / plain['steady_ips']:.2f}x" if plain else "-"
-        eff = (f"{plain['cpu_ms_per_img'] / r['cpu_ms_per_img']:.2f}x"
-               if plain and plain.get("cpu_ms_per_img") and r.get("cpu_ms_per_img") else "-")
-        lines.append("| " + " | ".join([
-            r["config"], str(r["workers"]), f(r["startup_s"]), f(r["before_first_step_s"]), f(r["epoch1_ips"]),
-            f(r["steady_ips"]), ratio, f(r.get("cpu_ms_per_img")), f(r.get("worker_cpu_ms_per_img")), eff,
-            f(r["peak_rss_mb"], 0), f(r.get("pss_mb"), 0), str(r["procs"]), r["load"],
-        ]) + " |")
+        if "error" in r:
+            out.append(f"| {r['model']} | {r['row']} | - | {r['error']} |")
+            continue
+        p = plain.get(r["model"])
+        vs = f"{r['steady_ips'] / p['steady_ips']:.2f}x" if p and r.get("steady_ips") and p.get("steady_ips") else "-"
+        e2e = f"{r['e2e_s'] / p['e2e_s']:.2f}x" if p else "-"
+        out.append("| " + " | ".join([
+            r["model"], r["row"], f(r["startup_s"]), f(r["steady_ips"]), vs,
+            f(r["spread"], 2), f(r["e2e_s"]), e2e, f(r["cpu_s_per_img"], 4), f(r["peak_rss_mb"], 0),
+            f(r["load"]), ", ".join(str(v) for v in r["epoch_s"])]) + " |")
+    return "\n".join(out)
+
+
+def breakdowns(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        b = r.get("breakdown")
+        if not b:
+            continue
+        phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in b.items()
+                           if not k.startswith("startup:") and k != "epoch_time_s" and v >= 0.005)
+        start = ", ".join(f"{k.removeprefix('startup:').removesuffix('_s')} {v:.1f}" for k, v in b.items()
+                          if k.startswith("startup:"))
+        lines.append(f"* {r['model']} {r['row']}: epoch {b['epoch_time_s']:.2f} s = {phases}; start-up: {start}")
     return "\n".join(lines)
 
 
 def report(rows: list[dict]) -> None:
-    plain_rows = [r for r in rows if r["config"] == "plain keras fit"]
-    plain = {k: _median([r.get(k) for r in plain_rows]) for k in ("steady_ips", "cpu_ms_per_img")} \
-        if plain_rows else None
-    print("\nevery run:\n")
-    print(table(rows, plain))
-    print("\nmedian per configuration:\n")
-    print(table(summarize(rows), plain))
-    if plain:
-        print(f"\nvs plain = steady img/s / median of the {len(plain_rows)} plain runs ({plain['steady_ips']:.1f} "
-              f"img/s); CPU-eff. = plain CPU ms/img ({plain['cpu_ms_per_img']:.1f}) / this run's (all processes)")
+    print("\n" + table(rows) + "\n\nimgrec breakdown, mean s per epoch >= 2 (rank 0's wall clock):\n")
+    print(breakdowns(rows), flush=True)
 
 
-def wait_for_load(limit: float | None, max_wait: float) -> None:
-    """Wait (up to ``max_wait`` s) until the 1-minute load average is below ``limit``."""
-    if limit is None:
-        return
-    t0 = time.time()
-    while os.getloadavg()[0] >= limit and time.time() - t0 < max_wait:
-        time.sleep(10)
-    print(f"# load {loadavg()} after waiting {time.time() - t0:.0f}s for < {limit}", flush=True)
-
-
-def idle_cluster(seconds: float) -> str:
-    """CPU and RSS of the started Ray cluster while nothing runs on it (this process sleeps)."""
-    s = Sampler(tree=True)
-    rss, c0, n = s.sample()
-    time.sleep(seconds)
-    c1 = s.cpu_now()
-    return f"{n} processes, {rss / 2**20:.0f} MB RSS, {(c1 - c0) / seconds:.3f} cores busy (over {seconds:.0f}s)"
+# --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=1500, help="training images in total (split over --classes)")
-    p.add_argument("--classes", type=int, default=3)
-    p.add_argument("--model", default="small_cnn")
-    p.add_argument("--batch-size", type=int, default=32, help="global batch")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--workers", default="1,2", help="imgrec worker counts, comma-separated")
-    p.add_argument("--variants", default="",
-                   help=f"comma-separated of {sorted(VARIANTS)} (name@W: with W workers only), or 'all'")
-    p.add_argument("--variant-workers", default="1", help="worker counts the variants run with")
-    p.add_argument("--no-plain", action="store_true")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat the sequence (plain, imgrec runs, variants); a last plain run closes it")
-    p.add_argument("--wait-load", type=float, help="before each run wait until the 1-min load average is below this")
-    p.add_argument("--wait-max", type=float, default=600, help="longest wait for --wait-load, seconds")
+    p.add_argument("--suite", action="append", choices=sorted(SUITES), help="default: every suite")
+    p.add_argument("--models", help="comma-separated subset of the suites' models")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--n", type=int, default=2000, help="generated JPEGs in the s3 suite")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgrec-bench-train"))
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--table-from", nargs="+", metavar="JSON", help="only print the tables of earlier --json files")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (data, runs)")
+    p.add_argument("--plain-child", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--events", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.plain_child:
+        return plain_child(args)
     if args.table_from:
-        rows = [r for path in args.table_from for r in json.load(open(path))["rows"]]
-        for r in rows:  # files from before the worker-only column: the workers' share of the steady CPU
-            parts = r.get("steady_cpu_by_process") or []
-            total = sum(c for _, c in parts)
-            share = sum(c for label, c in parts if label == "ray::RayTrainWorker") / total if total else None
-            r.setdefault("worker_cpu_ms_per_img", r["cpu_ms_per_img"] if r["config"] == "plain keras fit" else
-                         (r["cpu_ms_per_img"] * share if share and r.get("cpu_ms_per_img") else None))
-        report(rows)
-        return
-    default_workers = [int(v) for v in args.variant_workers.split(",") if v]
-    variants: list[tuple[str, int]] = []  # (name, workers); "name@2" picks the worker count
-    for item in (sorted(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]):
-        name, _, w = item.partition("@")
-        if name not in VARIANTS:
-            p.error(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
-        variants += [(name, int(w))] if w else [(name, d) for d in default_workers]
-
-    import ray
-
-    from imgrec import synth
-    from imgrec.config import DataConfig, DecodeConfig
-    from imgrec.data import load_dataset, take_arrays
-
-    t = time.time()
-    import keras  # noqa: F401  (timed here: each Ray worker pays this inside its startup, plain fit does not)
-
-    import_s = time.time() - t
-    print(f"# train_throughput {dt.datetime.now():%Y-%m-%d %H:%M} on {platform.node()}: "
-          f"{psutil.cpu_count(logical=False)} cores / {psutil.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GB; load {loadavg()}", flush=True)
-    tmp = tempfile.mkdtemp(prefix="imgrec-bench-")
+        return report([r for path in args.table_from for r in json.load(open(path))])
+    os.makedirs(args.workdir, exist_ok=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+    suites = args.suite or list(SUITES)
+    rows_wanted = args.rows.split(",")
+    print(f"# train_throughput {dt.datetime.now():%Y-%m-%d %H:%M} on {platform.node()}: {os.cpu_count()} logical "
+          f"CPUs, {psutil.cpu_count(logical=False)} cores, load {os.getloadavg()[0]:.1f}; {args.epochs} epochs, "
+          f"batch {BATCH}, validation {VALIDATION}; child logs in {args.workdir}/children.log", flush=True)
     rows: list[dict] = []
+    moto = None
     try:
-        t = time.time()
-        size = (args.image_size, args.image_size)
-        per_class = args.n // args.classes
-        synth.make_dataset(os.path.join(tmp, "data"), classes=args.classes, per_class=per_class,
-                           test_per_class=0, image_size=size)
-        print(f"# synth: {per_class * args.classes} JPEGs {size} in {time.time() - t:.1f}s", flush=True)
+        with open(os.path.join(args.workdir, "children.log"), "a") as log:
+            for suite in suites:
+                if suite == "s3":
+                    from ingest import start_moto
 
-        ray.init(num_cpus=6, include_dashboard=False)
-        t = time.time()
-        data = load_dataset(DataConfig(uri=os.path.join(tmp, "data"), validation_split=0.0,
-                                       decode=DecodeConfig(image_size=size)))
-        x, y, _ = take_arrays(data.train)
-        print(f"# data plane: {data.summary()} decoded + materialized in {time.time() - t:.1f}s; "
-              f"arrays {x.shape} {x.nbytes / 2**20:.0f} MB; other ray processes on the machine: "
-              f"{ray_processes_outside_tree()}", flush=True)
-        print(f"# importing keras/TF took {import_s:.1f}s here; idle Ray cluster: {idle_cluster(20)}", flush=True)
+                    local = varied_jpegs(args.workdir, args.n)
+                    moto, endpoint = start_moto()
+                    env.update(s3_env(endpoint))
+                    os.environ.update(s3_env(endpoint))
+                    from imgrec import storage
 
-        def plain():
-            if args.no_plain:
-                return
-            wait_for_load(args.wait_load, args.wait_max)
-            r = run_plain(x, y, len(data.class_names), args)
-            rows.append(r)
-            print(f"# {r['config']}: {r['steady_ips']:.1f} img/s steady, epochs {[round(v) for v in r['epoch_ips']]}, "
-                  f"load {r['load']}", flush=True)
-
-        runs_dir = os.path.join(tmp, "runs")
-        for round_ in range(args.rounds):
-            if args.rounds > 1:
-                print(f"# round {round_ + 1}/{args.rounds}", flush=True)
-            plain()
-            for w in [int(v) for v in args.workers.split(",") if v]:
-                wait_for_load(args.wait_load, args.wait_max)
-                r = run_imgrec(data, args, w, "imgrec", runs_dir)
-                rows.append(r)
-                print(f"# imgrec w={w}: {r['steady_ips']:.1f} img/s steady, epochs "
-                      f"{[round(v) for v in r['epoch_ips']]}, load {r['load']}", flush=True)
-                print_breakdown(r)
-            for name, w in variants:
-                desc, options, hooks = variant_loop(name, w)
-                wait_for_load(args.wait_load, args.wait_max)
-                r = run_imgrec(data, args, w, f"variant {name}", runs_dir, options=options, hooks=hooks)
-                r["description"] = desc
-                rows.append(r)
-                print(f"# variant {name} w={w} ({desc}): {r['steady_ips']:.1f} img/s steady, "
-                      f"epochs {[round(v) for v in r['epoch_ips']]}, load {r['load']}", flush=True)
-                print_breakdown(r)
-        plain()  # and once more at the end: the machine may be shared, its load drifts
+                    storage.ensure_bucket("s3://bench")
+                    upload_tree(local, "s3://bench/photos")
+                    data_uri, storage_uri = "s3://bench/photos", "s3://bench/runs"
+                else:
+                    local = data_uri = os.path.abspath(CIFAR_DEV)
+                    storage_uri = os.path.join(args.workdir, "runs")
+                models_wanted = args.models.split(",") if args.models else SUITES[suite]["models"]
+                for model in [m for m in SUITES[suite]["models"] if m in models_wanted]:
+                    for row in [r for r in ROWS if r in rows_wanted]:
+                        rows.append(run_row(row, model, SUITES[suite]["size"], args, local, data_uri, storage_uri,
+                                            env, log))
+                        print("#   " + json.dumps({k: v for k, v in rows[-1].items() if k != "breakdown"}),
+                              flush=True)
+                if moto is not None:
+                    moto.terminate()
+                    moto.wait(10)
+                    moto = None
     finally:
-        ray.shutdown() if ray.is_initialized() else None
-        if args.keep:
-            print(f"# kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "date": dt.datetime.now().isoformat(timespec="seconds"),
-                       "machine": f"{psutil.cpu_count(logical=False)} cores, "
-                                  f"{psutil.virtual_memory().total / 2**30:.0f} GB", "rows": rows}, fh, indent=1)
+        if moto is not None:
+            moto.terminate()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
     report(rows)
 
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

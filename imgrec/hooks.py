@@ -334,6 +334,7 @@ class TimingHook(Hook):
         for name, seconds in self.hook_list.timings.items():
             metrics[f"time_{name}_s"] = seconds
         metrics["epoch_time_s"] = time.perf_counter() - loop.epoch_started
+        metrics["ended_at"] = time.time()  # wall clock, for rates between epoch ends (benchmarks)
         metrics[timing.UNACCOUNTED] = timing.unaccounted(metrics)
 
 

@@ -416,8 +416,14 @@ def train_epoch(loop: WorkerLoop, epoch: int, train_step, batches, hooks: hookli
         "compute_s": train_time - wait,
         "first_step_s": first_step,
         "images": seen,
+        "allreduce_bytes_per_step": gradient_bytes(loop.model) if loop.world > 1 else 0,
         "learning_rate": float(np.asarray(keras.ops.convert_to_numpy(loop.model.optimizer.learning_rate))),
     }
+
+
+def gradient_bytes(model) -> int:
+    """Bytes each worker all-reduces per step: one gradient per trainable weight."""
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_weights)
 
 
 def validate(eval_step, batches) -> dict[str, float] | None:

@@ -15,7 +15,7 @@ from imgrec.runtime import worker_echo
 @dataclass
 class LoopOptions:
     """Knobs of the worker's input pipeline and TensorFlow pools, for experiments
-    (``benchmarks/train_throughput.py``); the defaults are what imgrec runs."""
+    (``benchmarks/train_loop_variants.py``); the defaults are what imgrec runs."""
 
     # "direct": Ray Data batches straight into strategy.run (no tf.data: a tf.data iterator's
     # teardown waits for its autotune thread's next wake-up, up to 60 s, every epoch);

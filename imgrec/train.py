@@ -180,7 +180,9 @@ def _manifest_base(cfg: TrainConfig, data) -> dict[str, Any]:
 
 def _trainer(cfg: TrainConfig, config: dict[str, Any], datasets: dict, run_config_overrides: dict | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from imgrec.tf_backend import TFConfigBackend
 
     fs, path = storage.resolve(cfg.storage)
     env = forwarded_env()
@@ -198,9 +200,10 @@ def _trainer(cfg: TrainConfig, config: dict[str, Any], datasets: dict, run_confi
         **(run_config_overrides or {}),
     )
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
-    return TensorflowTrainer(
+    return DataParallelTrainer(  # not TensorflowTrainer: see imgrec.tf_backend
         train_loop_per_worker,
         train_loop_config=config,
+        backend_config=TFConfigBackend(),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus}),
         datasets=datasets,
