@@ -310,6 +310,7 @@ def main() -> None:
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--n", type=int, default=2000, help="generated JPEGs in the s3 suite")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--cifar10-dev", default=CIFAR_DEV, help="the cifar10-dev suite's photos (read in place)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgrec-bench-train"))
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--table-from", nargs="+", metavar="JSON", help="only print the tables of earlier --json files")
@@ -347,7 +348,7 @@ def main() -> None:
                     upload_tree(local, "s3://bench/photos")
                     data_uri, storage_uri = "s3://bench/photos", "s3://bench/runs"
                 else:
-                    local = data_uri = os.path.abspath(CIFAR_DEV)
+                    local = data_uri = os.path.abspath(args.cifar10_dev)
                     storage_uri = os.path.join(args.workdir, "runs")
                 models_wanted = args.models.split(",") if args.models else SUITES[suite]["models"]
                 for model in [m for m in SUITES[suite]["models"] if m in models_wanted]:
