@@ -28,6 +28,7 @@ class LoopOptions:
     def __post_init__(self) -> None:
         if self.feed not in ("direct", "tf.data"):
             raise ValueError(f"LoopOptions.feed must be 'direct' or 'tf.data', got {self.feed!r}")
+    val_cache_mb: float = 256  # keep a worker's validation batches this small in memory after epoch 1 (0: never)
     intra_op_threads: int | None = None  # None: TensorFlow's default
     inter_op_threads: int | None = None
 
@@ -45,6 +46,7 @@ class WorkerLoop:
     manifest_base: dict[str, Any]
     steps_per_epoch: int
     global_batch: int
+    val_rows: int = 0
     strategy: Any = None
     model: Any = None
     start_epoch: int = 0
