@@ -141,12 +141,6 @@ def s3_env(endpoint: str) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def upload_tree(local: str, uri: str) -> None:
-    from imgrec import storage
-
-    storage.upload_dir(local, uri, progress=False)
-
-
 # --------------------------------------------------------------------------- one row
 
 
@@ -345,7 +339,7 @@ def main() -> None:
                     from imgrec import storage
 
                     storage.ensure_bucket("s3://bench")
-                    upload_tree(local, "s3://bench/photos")
+                    storage.upload_dir(local, "s3://bench/photos", progress=False)
                     data_uri, storage_uri = "s3://bench/photos", "s3://bench/runs"
                 else:
                     local = data_uri = os.path.abspath(args.cifar10_dev)

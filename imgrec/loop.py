@@ -48,7 +48,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
         restore_or_build(loop, loop_config.get("resume_checkpoint"))
     with timed(loop.startup, "worker_datasets_s"):
-        data = _datasets(loop, options, loop_config["has_val"])
+        data = _datasets(loop, options)
     hooks = hooklib.HookList(hooklib.default_hooks(loop, loop_config.get("hooks")))
     hooks.on_train_begin(loop)
     if loop.start_epoch >= loop.cfg.epochs:
@@ -92,7 +92,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> WorkerLoop:
         cfg=cfg, run=RunLayout(loop_config["run_uri"]), rank=ctx.get_world_rank(), world=world,
         class_names=loop_config["class_names"], manifest_base=loop_config["manifest_base"],
         steps_per_epoch=max(1, loop_config["train_rows"] // world // per_worker), global_batch=per_worker * world,
-        val_rows=loop_config.get("val_rows", 0),
+        val_rows=loop_config["val_rows"],
         startup=startup,
     )
 
@@ -297,13 +297,13 @@ def batchnorm_sync(strategy, model):
 # =========================================================================== data
 
 
-def _datasets(loop: WorkerLoop, options: LoopOptions, has_val: bool) -> dict[str, Any]:
+def _datasets(loop: WorkerLoop, options: LoopOptions) -> dict[str, Any]:
     """Per-epoch iterables of distributed batches over this worker's Ray Data shards."""
     import ray.train
 
     feed = _direct if options.feed == "direct" else _distributed
     out = {"train": feed(loop, options, ray.train.get_dataset_shard("train"), training=True)}
-    if has_val:
+    if loop.val_rows:  # 0: no validation split (too small to split across the workers)
         out["val"] = feed(loop, options, ray.train.get_dataset_shard("val"), training=False)
     if options.persistent_iterator and options.feed == "tf.data":
         out["train"] = _PersistentEpochs(iter(out["train"]), loop.steps_per_epoch)
@@ -477,14 +477,13 @@ def _train_as_val(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def loop_config(cfg: TrainConfig, *, class_names: list[str], run: RunLayout, train_rows: int, val_rows: int,
-                has_val: bool,
                 manifest_base: dict[str, Any], resume_checkpoint: str | None, options: LoopOptions | None,
                 hooks: list | None, driver_phases: dict[str, float]) -> dict[str, Any]:
     """What the driver sends every worker (JSON-ready but for the extra hooks).
     ``handed_over_at``: when the driver hands the run to Ray Train (wall clock)."""
     return {
         "train": to_dict(cfg), "class_names": class_names, "run_uri": run.uri, "train_rows": train_rows,
-        "val_rows": val_rows, "has_val": has_val, "manifest_base": manifest_base, "resume_checkpoint": resume_checkpoint,
+        "val_rows": val_rows, "manifest_base": manifest_base, "resume_checkpoint": resume_checkpoint,
         "options": to_dict(options or LoopOptions()), "hooks": list(hooks or []),
         "driver_phases": dict(driver_phases), "handed_over_at": time.time(),
     }

@@ -24,13 +24,13 @@ class LoopOptions:
     prefetch: int = 2  # batches prefetched (Ray Data's; with feed="tf.data", tf.data's, -1: AUTOTUNE)
     tf_data_autotune: bool = True  # feed="tf.data" only: tf.data's autotuning model thread
     persistent_iterator: bool = False  # feed="tf.data" only: one training iterator for the whole run
+    val_cache_mb: float = 256  # keep a worker's validation batches this small in memory after epoch 1 (0: never)
+    intra_op_threads: int | None = None  # None: TensorFlow's default
+    inter_op_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.feed not in ("direct", "tf.data"):
             raise ValueError(f"LoopOptions.feed must be 'direct' or 'tf.data', got {self.feed!r}")
-    val_cache_mb: float = 256  # keep a worker's validation batches this small in memory after epoch 1 (0: never)
-    intra_op_threads: int | None = None  # None: TensorFlow's default
-    inter_op_threads: int | None = None
 
 
 @dataclass

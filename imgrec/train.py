@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
     config = loop_config(cfg, class_names=data.class_names, run=run, train_rows=data.counts["train"],
-                         val_rows=data.counts["val"] if "val" in datasets else 0, has_val="val" in datasets, manifest_base=_manifest_base(cfg, data),
+                         val_rows=data.counts["val"] if "val" in datasets else 0, manifest_base=_manifest_base(cfg, data),
                          resume_checkpoint=resume_checkpoint, options=loop_options, hooks=hooks,
                          driver_phases=phases)
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
