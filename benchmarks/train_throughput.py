@@ -317,10 +317,18 @@ def main() -> None:
         return plain_child(args)
     if args.table_from:
         return report([r for path in args.table_from for r in json.load(open(path))])
-    os.makedirs(args.workdir, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_USAGE_STATS_ENABLED": "0"}
     suites = args.suite or list(SUITES)
     rows_wanted = args.rows.split(",")
+    if unknown := set(rows_wanted) - set(ROWS):
+        p.error(f"--rows: unknown {', '.join(sorted(unknown))}; choose from {','.join(ROWS)}")
+    known_models = {m for suite in suites for m in SUITES[suite]["models"]}
+    if args.models and (unknown := set(args.models.split(",")) - known_models):
+        p.error(f"--models: {', '.join(sorted(unknown))} not in the suites run ({', '.join(sorted(known_models))})")
+    if "cifar10-dev" in suites and not os.path.isdir(os.path.join(args.cifar10_dev, "train")):
+        p.error(f"--cifar10-dev: no train/ folder under {os.path.abspath(args.cifar10_dev)}; pass the photos' "
+                "path, or --suite s3")
+    os.makedirs(args.workdir, exist_ok=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_USAGE_STATS_ENABLED": "0"}
     print(f"# train_throughput {dt.datetime.now():%Y-%m-%d %H:%M} on {platform.node()}: {os.cpu_count()} logical "
           f"CPUs, {psutil.cpu_count(logical=False)} cores, load {os.getloadavg()[0]:.1f}; {args.epochs} epochs, "
           f"batch {BATCH}, validation {VALIDATION}; child logs in {args.workdir}/children.log", flush=True)
