@@ -197,6 +197,7 @@ def imgrec_epochs(storage_uri: str, run_name: str) -> tuple[list[dict], dict[str
             phases[k] = phases.get(k, 0.0) + v / len(steady)
     phases["epoch_time_s"] = sum(r["epoch_time_s"] for r in steady) / len(steady)
     phases["allreduce_MiB_per_step"] = records[-1].get("allreduce_bytes_per_step", 0) / 2**20
+    phases["allreduce_s_per_step"] = sum(r.get("allreduce_s_per_step", 0.0) for r in steady) / len(steady)
     phases.update({f"startup:{k}": v for k, v in history.get("startup", {}).items()})
     return epochs, phases
 

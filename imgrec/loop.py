@@ -62,6 +62,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 steps = enter_stage(loop, epoch)
         hooks.on_epoch_begin(loop, epoch)
         metrics = train_epoch(loop, epoch, steps[0], data["train"], hooks)
+        if steps[2] is not None:
+            with timed(loop.phases, "allreduce_probe_s"):
+                split_allreduce(metrics, steps[2](), loop.steps_per_epoch)
         with timed(loop.phases, "bn_sync_s"):
             sync_statistics()  # before validation, so it scores the model the checkpoint holds
         metrics.update(validate(steps[1], data.get("val")) or _train_as_val(metrics))
@@ -196,7 +199,8 @@ def stretch_cosine_schedule(optimizer, steps: int, say) -> None:
 
 
 def enter_stage(loop: WorkerLoop, epoch: int):
-    """Apply the epoch's freeze depth and trace step functions for its trainable set."""
+    """Apply the epoch's freeze depth and trace step functions for its trainable set:
+    (train_step, eval_step, all-reduce timer or None)."""
     from imgrec import models
 
     cfg = loop.cfg
@@ -205,7 +209,7 @@ def enter_stage(loop: WorkerLoop, epoch: int):
     if cfg.head_epochs and epoch == cfg.head_epochs and cfg.lr_schedule == "constant":
         loop.model.optimizer.learning_rate.assign(cfg.learning_rate * cfg.fine_tune_lr_factor)
     loop.say(f"epoch {epoch + 1}: freeze_depth={loop.stage}, trainable weights={len(loop.model.trainable_weights)}")
-    return step_functions(loop)
+    return (*step_functions(loop), allreduce_timer(loop.strategy, loop.model) if loop.world > 1 else None)
 
 
 def step_functions(loop: WorkerLoop):
@@ -241,6 +245,47 @@ def step_functions(loop: WorkerLoop):
         return run
 
     return distributed(train_step), distributed(eval_step)
+
+
+def allreduce_timer(strategy, model):
+    """A function returning the seconds of one all-reduce of a step's gradients.
+
+    The collective runs inside the train step, so its share cannot be timed
+    there without splitting the step; instead the same call Keras's optimizer
+    makes (``ReplicaContext.all_reduce`` of SUM over tensors shaped like the
+    trainable weights) is timed once per epoch, after the steps, on every rank."""
+    import tensorflow as tf
+
+    grads = [tf.zeros(v.shape, v.dtype) for v in model.trainable_variables]
+
+    @tf.function
+    def allreduce(tensors):
+        def replica(t):  # identity: placed on the replica's device, as gradients are (a collective needs one)
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                  [tf.identity(x) for x in t])
+
+        reduced = strategy.run(replica, args=(tensors,))
+        first = strategy.experimental_local_results(reduced[0])[0]
+        return tf.reshape(first, [-1])[:1]  # a tiny slice to read: the host waits for the collective
+
+    def seconds() -> float:
+        if not grads:
+            return 0.0
+        if not getattr(seconds, "traced", False):
+            allreduce(grads).numpy()  # traced and its collective set up: not timed
+            seconds.traced = True
+        t0 = time.perf_counter()
+        allreduce(grads).numpy()
+        return time.perf_counter() - t0
+
+    return seconds
+
+
+def split_allreduce(metrics: dict[str, Any], per_step_s: float, steps: int) -> None:
+    """Move the all-reduce's share out of ``compute_s`` into ``allreduce_s`` (the
+    timed collective × steps, at most the whole of compute)."""
+    share = min(metrics["compute_s"], per_step_s * steps)
+    metrics.update(allreduce_s_per_step=per_step_s, allreduce_s=share, compute_s=metrics["compute_s"] - share)
 
 
 def per_example_loss(num_classes: int):

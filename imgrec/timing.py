@@ -5,8 +5,11 @@ An epoch is split into the phases the loop and its hooks time, plus what no
 phase covers (``unaccounted_s``), so a stall nobody measured still shows up:
 
 * ``data_wait_s``: the loop waiting for its next batch (tf.data <- Ray Data);
-* ``compute_s``: the train steps themselves (forward, backward, the gradient
-  all-reduce and the optimizer update: one ``strategy.run`` call each);
+* ``compute_s``: the train steps themselves (forward, backward and the optimizer
+  update: one ``strategy.run`` call each), less the all-reduce's share;
+* ``allreduce_s``: the gradient all-reduce inside those steps (several workers:
+  one timed all-reduce of the same tensors after the steps × steps per epoch);
+* ``allreduce_probe_s``: that timed all-reduce itself;
 * ``data_teardown_s``: ending the epoch's input iterators (tf.data's and Ray Data's);
 * ``stage_s``: entering a new freeze stage (the step functions retraced);
 * ``bn_sync_s``: BatchNorm statistics averaged across workers;
@@ -23,7 +26,8 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-LOOP_PHASES = ("data_wait_s", "compute_s", "data_teardown_s", "stage_s", "bn_sync_s", "val_time_s")
+LOOP_PHASES = ("data_wait_s", "compute_s", "allreduce_s", "allreduce_probe_s", "data_teardown_s", "stage_s",
+               "bn_sync_s", "val_time_s")
 UNACCOUNTED = "unaccounted_s"
 
 

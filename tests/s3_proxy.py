@@ -1,7 +1,10 @@
 """A TCP proxy on loopback in front of the S3 endpoint, to make storage slow or
 failing for real: what a client sends is throttled to ``upload_bytes_per_s``,
-and a connection that sends more than ``cut_after_bytes`` is cut (a checkpoint
-upload fails; small requests such as listings and manifests still pass)."""
+a connection that sends more than ``cut_after_bytes`` is cut (a checkpoint
+upload fails; small requests such as listings and manifests still pass), and
+once ``stall_uploads()`` is called, uploads hang after a further
+``stall_after_bytes`` (an upload stays in flight until its client dies).
+``uploaded_bytes`` counts everything clients sent."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ class S3Proxy:
         self.upload_bytes_per_s = upload_bytes_per_s
         self.cut_after_bytes = cut_after_bytes
         self.cut_connections = 0
+        self.uploaded_bytes = 0
+        self.stalled_chunks = 0  # chunks held back since stall_uploads()
+        self._stall_at: int | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -23,6 +29,10 @@ class S3Proxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stall_uploads(self, after_bytes: int = 256 * 1024) -> None:
+        """From now on, hold every upload chunk once clients have sent ``after_bytes`` more."""
+        self._stall_at = self.uploaded_bytes + after_bytes
 
     def __enter__(self) -> S3Proxy:
         self._thread.start()
@@ -59,6 +69,10 @@ class S3Proxy:
             while chunk := await reader.read(64 * 1024):
                 if upload:
                     sent += len(chunk)
+                    self.uploaded_bytes += len(chunk)
+                    if self._stall_at is not None and self.uploaded_bytes > self._stall_at:
+                        self.stalled_chunks += 1
+                        await asyncio.Event().wait()  # never set: held until the proxy closes
                     if self.cut_after_bytes is not None and sent > self.cut_after_bytes:
                         self.cut_connections += 1
                         writer.transport.abort()

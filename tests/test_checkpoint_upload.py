@@ -3,7 +3,11 @@ loopback (``s3_proxy``) between the driver's Ray storage filesystem and moto."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -13,6 +17,7 @@ from s3_proxy import S3Proxy
 
 from imgrec import checkpoint as ckpt
 from imgrec import storage
+from imgrec.config import to_dict
 
 
 @contextmanager
@@ -99,3 +104,62 @@ def test_failed_upload_fails_the_run_with_the_reason(ray_cluster, shapes_data, b
     text = f"{failed.value}\n{failed.value.__cause__}"
     assert "upload" in text.lower() or "checkpoint" in text.lower(), text[-2000:]
     assert not list(ckpt.list_checkpoints(f"{bucket}/runs/cut"))  # nothing half-written counts as a checkpoint
+
+
+_DRIVER = """
+import json, sys
+from imgrec.config import TrainConfig, from_dict
+from imgrec.train import train
+train(from_dict(TrainConfig, json.loads(sys.argv[1])))
+"""
+
+
+def test_run_killed_mid_upload_resumes_from_the_last_complete_checkpoint(ray_cluster, shapes_data, bucket,
+                                                                        tmp_path):
+    """The driver is killed while a checkpoint upload hangs half-sent: what was
+    sent never counts as a checkpoint, and ``--resume`` continues from the last
+    complete one (its epochs, its optimizer state), to the end of the run."""
+    from imgrec.config import TrainConfig
+    from imgrec.train import train
+
+    run = f"{bucket}/runs/killed"
+    cfg = _config(shapes_data, bucket, "killed", epochs=3)
+    log = open(tmp_path / "driver.log", "wb")
+    with S3Proxy(_moto_port()) as proxy:
+        env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+               "AWS_ENDPOINT_URL": proxy.endpoint}  # the driver's, so Ray's uploads, go through the proxy
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(to_dict(cfg))], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while not ckpt.list_checkpoints(run):  # read past the proxy, from moto itself
+                assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+                assert time.time() < deadline, "no checkpoint in 5 minutes"
+                time.sleep(0.2)
+            proxy.stall_uploads()  # the next checkpoint's upload hangs part-way
+            while not proxy.stalled_chunks:
+                assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+                assert time.time() < deadline, "no upload after the first checkpoint"
+                time.sleep(0.1)
+            complete = [c.epoch for c in ckpt.list_checkpoints(run)]
+        finally:
+            driver.send_signal(signal.SIGKILL)  # no cleanup, no waiting for the upload
+            driver.wait(30)
+            log.close()
+    assert max(complete) < cfg.epochs  # killed before the end
+    assert [c.epoch for c in ckpt.list_checkpoints(run)] == complete  # the half-sent one is not a checkpoint
+    last = ckpt.resolve(run, "latest")
+    assert last.epoch == max(complete)
+
+    result = train(TrainConfig(resume=run, epochs=cfg.epochs, workers=1, evaluate=False, report=False))
+    assert result.run_uri == run
+    latest = ckpt.resolve(run, "latest")
+    assert latest.epoch == cfg.epochs
+    history = latest.manifest["history"]
+    assert [h["epoch"] for h in history] == list(range(1, cfg.epochs + 1))
+    scores = ("epoch", "loss", "val_loss", "optimizer_iterations")
+    kept = [{k: h[k] for k in scores} for h in history[:last.epoch]]
+    assert kept == [{k: h[k] for k in scores} for h in last.manifest["history"]]  # not trained again
+    steps = history[0]["optimizer_iterations"]
+    assert [h["optimizer_iterations"] for h in history] == [steps * e for e in range(1, cfg.epochs + 1)]
+    ckpt.load(latest.uri)  # verifies

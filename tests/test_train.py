@@ -118,6 +118,11 @@ def test_every_epoch_has_a_time_breakdown_with_little_unaccounted(trained_run):
     for record in result.history:  # the restored epoch 1 too: history.json keeps its whole record
         phases = timing.epoch_breakdown(record)
         assert phases["compute_s"] > 0 and phases["time_checkpoint_s"] > 0 and phases["val_time_s"] > 0
+        # two workers: the gradient all-reduce is its own phase, timed on the same tensors
+        assert record["allreduce_bytes_per_step"] > 0 and record["allreduce_s_per_step"] > 0
+        assert phases["allreduce_s"] == pytest.approx(min(record["train_time_s"] - record["data_wait_s"],
+                                                          record["allreduce_s_per_step"]
+                                                          * (record["images"] // cfg.batch_size)))
         assert phases["unaccounted_s"] < 0.1 * record["epoch_time_s"], (record["epoch"], phases)
         assert sum(phases.values()) == pytest.approx(record["epoch_time_s"], rel=1e-6)
     startup = result.startup
