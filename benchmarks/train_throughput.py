@@ -18,7 +18,9 @@ Suites:
   place, local disk for both) with ``seed_cifar`` at 32².
 
 Rows: ``plain`` (Keras ``fit``, one process), ``auto`` (imgrec's default worker
-plan), ``w1`` (``--workers 1``), ``w2`` (``--workers 2``). Same global batch (32),
+plan), ``w1`` (``--workers 1``), ``w2`` (``--workers 2``), ``auto-disk`` (``auto``
+with the run and its checkpoints on local disk, data still from S3: the s3 suite
+only, to show what the S3 server's own CPU costs). Same global batch (32),
 same 30 % validation split (validated every epoch), no augmentation on either side,
 ``--epochs`` (5) epochs; imgrec with ``--no-evaluate --no-report`` (plain Keras
 does neither). Columns:
@@ -34,6 +36,10 @@ does neither). Columns:
 * peak RSS: summed resident memory of the tree (shared pages count in every process
   mapping them, so Ray's sums overstate), sampled every 0.5 s;
 * load: the 1-minute load average when the row started;
+* S3 server CPU s: what the loopback S3 server (moto, one process) spent during
+  the row. On a real cluster object storage runs elsewhere; here it shares the
+  2 cores with training (moto spends ~9 CPU-s storing a 338 MiB checkpoint, the
+  uploading client ~0.5);
 * breakdown (imgrec): mean seconds per epoch >= 2 of each phase in ``history.json``.
 """
 
@@ -56,7 +62,7 @@ ROOT = os.path.dirname(HERE)
 CIFAR_DEV = os.path.join(ROOT, "..", "shared", "data", "cifar10-dev")
 SUITES = {"s3": {"models": ("seed_catsdogs", "small_cnn"), "size": 128},
           "cifar10-dev": {"models": ("seed_cifar",), "size": 32}}
-ROWS = ("plain", "auto", "w1", "w2")
+ROWS = ("plain", "auto", "w1", "w2", "auto-disk")
 BATCH, VALIDATION = 32, 0.3
 
 try:
@@ -145,15 +151,17 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: str, storage_uri: str,
-            env: dict, log) -> dict:
-    """Run one row as a child process; its figures."""
+            env: dict, log, server: psutil.Process | None = None) -> dict:
+    """Run one row as a child process; its figures (``server``: the S3 server, whose CPU is counted apart)."""
     run_name = f"{model}-{row}-{os.urandom(3).hex()}"
     events = os.path.join(args.workdir, f"{run_name}.epochs.json")
     if row == "plain":
         cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", data_local, "--model", model,
                "--size", str(size), "--epochs", str(args.epochs), "--events", events]
     else:
-        workers = {"auto": "auto", "w1": "1", "w2": "2"}[row]
+        workers = {"auto": "auto", "w1": "1", "w2": "2", "auto-disk": "auto"}[row]
+        if row == "auto-disk":
+            storage_uri = os.path.join(args.workdir, "runs")
         cmd = [os.path.join(os.path.dirname(sys.executable), "imgrec"), "train", "--data", data_uri,
                "--storage", storage_uri, "--run-name", run_name, "--model", model, "--image-size", str(size),
                "--epochs", str(args.epochs), "--batch-size", str(BATCH), "--validation-split", str(VALIDATION),
@@ -162,6 +170,7 @@ def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: st
     print(f"# {model} {row}: {' '.join(cmd[1:3])} ... (load {load:.1f})", flush=True)
     log.write(f"\n===== {model} {row} {dt.datetime.now():%H:%M:%S}: {' '.join(cmd)}\n")
     log.flush()
+    server_cpu = _cpu(server)
     started = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     sampler = TreeSampler(proc.pid)
@@ -169,6 +178,7 @@ def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: st
     code = proc.wait()
     ended = time.time()
     cpu = sampler.stop()
+    server_cpu = _cpu(server) - server_cpu if server else None
     if code != 0:
         return {"model": model, "row": row, "error": f"exit {code}, see {log.name}", "load": load}
     if row == "plain":
@@ -178,7 +188,15 @@ def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: st
     else:
         epochs, breakdown = imgrec_epochs(storage_uri, run_name)
     return {"model": model, "row": row, "load": load, **rates(epochs, started, ended), "breakdown": breakdown,
-            "cpu_s_per_img": cpu / max(1, sum(e["images"] for e in epochs)), "peak_rss_mb": sampler.peak_rss / 2**20}
+            "cpu_s_per_img": cpu / max(1, sum(e["images"] for e in epochs)), "peak_rss_mb": sampler.peak_rss / 2**20,
+            "server_cpu_s": server_cpu}
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def imgrec_epochs(storage_uri: str, run_name: str) -> tuple[list[dict], dict[str, float]]:
@@ -255,7 +273,7 @@ def plain_child(args) -> None:
 
 def table(rows: list[dict]) -> str:
     head = ("model", "row", "start-up s", "steady img/s", "vs plain", "spread", "end to end s",
-            "e2e vs plain", "CPU s/img", "peak RSS MB", "load", "epoch s (1st, then between ends)")
+            "e2e vs plain", "CPU s/img", "peak RSS MB", "load", "S3 server CPU s", "epoch s (1st, then between ends)")
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     plain = {r["model"]: r for r in rows if r["row"] == "plain" and "error" not in r}
 
@@ -272,7 +290,7 @@ def table(rows: list[dict]) -> str:
         out.append("| " + " | ".join([
             r["model"], r["row"], f(r["startup_s"]), f(r["steady_ips"]), vs,
             f(r["spread"], 2), f(r["e2e_s"]), e2e, f(r["cpu_s_per_img"], 4), f(r["peak_rss_mb"], 0),
-            f(r["load"]), ", ".join(str(v) for v in r["epoch_s"])]) + " |")
+            f(r["load"]), f(r.get("server_cpu_s"), 0), ", ".join(str(v) for v in r["epoch_s"])]) + " |")
     return "\n".join(out)
 
 
@@ -355,9 +373,9 @@ def main() -> None:
                     storage_uri = os.path.join(args.workdir, "runs")
                 models_wanted = args.models.split(",") if args.models else SUITES[suite]["models"]
                 for model in [m for m in SUITES[suite]["models"] if m in models_wanted]:
-                    for row in [r for r in ROWS if r in rows_wanted]:
+                    for row in [r for r in ROWS if r in rows_wanted and (suite == "s3" or r != "auto-disk")]:
                         rows.append(run_row(row, model, SUITES[suite]["size"], args, local, data_uri, storage_uri,
-                                            env, log))
+                                            env, log, psutil.Process(moto.pid) if moto else None))
                         print("#   " + json.dumps({k: v for k, v in rows[-1].items() if k != "breakdown"}),
                               flush=True)
                 if moto is not None:

@@ -305,7 +305,7 @@ def load_local(directory: str, *, compile: bool = True, label: str | None = None
     (``load`` and the training workers' restore from ``Checkpoint.as_directory()``)."""
     import keras
 
-    import imgrec.models  # noqa: F401  registers imgrec's serializable layers for safe mode
+    import imgrec.models.layers  # noqa: F401  registers imgrec's serializable layers for safe mode
 
     label = label or directory
     manifest = _read_local_manifest(directory, label)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 import imgrec
-from imgrec import augment, data, storage, synth
+from imgrec import augment, data, models, storage, synth
 from imgrec import features as feats
 from imgrec.cli_common import clear_errors
 from imgrec.cli_train import train_command, transfer_command
@@ -166,8 +166,6 @@ def models_list(
 ) -> None:
     """Every model name --model accepts: kind, parameters, depth, published weights
     size and ImageNet top-1/top-5 (backbones), default input size, preprocessing."""
-    from imgrec import models
-
     with clear_errors():
         rows = [r for r in models.models_table() if kind is None or r["kind"] == kind]
         if kind is not None and kind not in models.KINDS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from imgrec import checkpoint, storage, synth
+from imgrec import checkpoint, models, storage, synth
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
 from imgrec.train import train
 
@@ -68,8 +68,6 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
              pretrain_epochs: int = 8, transfer_epochs: int = 4, a_classes: int = 6, a_per_class: int = 150,
              b_per_class: int = 60) -> DemoResult:
     """One call: data, pretraining, weights, fine-tuning, evaluation and report under ``root``."""
-    from imgrec import models
-
     t0 = time.time()
     root = storage.normalize(root)
     runs = storage.join(root, "runs")

@@ -29,6 +29,7 @@ import numpy as np
 
 from imgrec import checkpoint as ckpt
 from imgrec import hooks as hooklib
+from imgrec import models
 from imgrec.config import TrainConfig, from_dict, to_dict
 from imgrec.data import shard_batches
 from imgrec.layout import RunLayout
@@ -119,8 +120,6 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
     import ray.train
     import tensorflow as tf
 
-    from imgrec import models
-
     loop.strategy = tf.distribute.MultiWorkerMirroredStrategy()
     restored = ray.train.get_checkpoint()
     with loop.strategy.scope():
@@ -201,8 +200,6 @@ def stretch_cosine_schedule(optimizer, steps: int, say) -> None:
 def enter_stage(loop: WorkerLoop, epoch: int):
     """Apply the epoch's freeze depth and trace step functions for its trainable set:
     (train_step, eval_step, all-reduce timer or None)."""
-    from imgrec import models
-
     cfg = loop.cfg
     loop.stage = stage_freeze_depth(cfg, epoch)
     models.set_freeze_depth(loop.model, loop.stage)

@@ -76,6 +76,7 @@ from imgrec.data import DecodeImages
 from imgrec.decode import IMAGE_SUFFIXES, decode_image
 from imgrec.layout import PredictionLayout
 from imgrec.metrics import classification_metrics
+from imgrec.models import class_probabilities
 from imgrec.runtime import ensure_ray
 
 
@@ -99,8 +100,6 @@ class Predictor:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from imgrec.models import class_probabilities
-
         images = batch["image"]
         if len(images) == 0:
             probs = np.zeros((0, len(self.manifest["class_names"])), np.float32)
@@ -141,8 +140,6 @@ def predict_one(image_uri: str, model_uri: str, top_k: int = 5) -> list[tuple[st
 def _classify_one(image_uri: str, model_uri: str) -> tuple[np.ndarray, dict]:
     """One load of the model (hash verified; a run URI falls back to its next best
     checkpoint), then the image decoded as that checkpoint's manifest says."""
-    from imgrec.models import class_probabilities
-
     model, manifest = ckpt.load(model_uri, compile=False)
     image = decode_image(storage.read_bytes(image_uri), decode_config(manifest))
     return class_probabilities(np.asarray(model.predict(image[None], verbose=0)))[0], manifest
@@ -618,8 +615,6 @@ class BucketPredictor(Predictor):
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
-
-        from imgrec.models import class_probabilities
 
         errors = [str(e) if e else None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)

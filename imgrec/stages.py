@@ -4,6 +4,7 @@ trainable set for building and saving the optimizer. Keras is imported lazily
 
 from __future__ import annotations
 
+from imgrec import models
 from imgrec.config import TrainConfig
 
 
@@ -22,15 +23,11 @@ class final_stage_trainable:
         self.switch = cfg.head_epochs > 0 and stage != cfg.model.freeze_depth
 
     def __enter__(self):
-        from imgrec import models
-
         if self.switch:
             models.set_freeze_depth(self.model, self.cfg.model.freeze_depth)
         return self.model
 
     def __exit__(self, *exc):
-        from imgrec import models
-
         if self.switch:
             models.set_freeze_depth(self.model, self.stage)
         return False

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import evaluate, report, storage
+from imgrec import evaluate, models, report, storage
 from imgrec.config import ConfigError, TrainConfig, from_dict, replace, to_dict
 from imgrec.data import augmented, load_dataset
 from imgrec.hooks import Hook, read_history
@@ -105,8 +105,6 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
 def _prepare(cfg: TrainConfig, allow_existing: bool) -> tuple[TrainConfig, str | None]:
     """The run's full config (resumed, named, sized) and the checkpoint it resumes
     from; refuses an existing run folder and a missing bucket before Ray starts."""
-    from imgrec import models
-
     cfg, resume_checkpoint = _resume_config(cfg)
     if cfg.run_name is None:
         cfg = from_dict(TrainConfig, {**to_dict(cfg), "run_name": default_run_name()})
@@ -161,8 +159,6 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
 
 def _manifest_base(cfg: TrainConfig, data) -> dict[str, Any]:
     """What every checkpoint of the run records besides its epoch and metrics."""
-    from imgrec import models
-
     spec = models.get_spec(cfg.model.name)
     return {
         "run_name": cfg.run_name,

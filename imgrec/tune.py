@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import models, storage
 from imgrec.config import AugmentConfig, ConfigError, SweepConfig, TrainConfig, from_dict, replace, to_dict
 from imgrec.data import load_dataset
 from imgrec.evaluate import evaluate_dataset
@@ -108,8 +108,6 @@ def freeze_depth_choices(cfg: SweepConfig) -> list[int | str]:
     of the backbone; a model without a backbone has only depth 0."""
     if cfg.freeze_depths is not None:
         return [d if d == "all" else int(d) for d in cfg.freeze_depths]
-    from imgrec import models
-
     spec = models.get_spec(cfg.base.model.name)
     if spec.kind != "backbone":
         return [0]
@@ -330,8 +328,6 @@ def _prepare(cfg: SweepConfig) -> SweepConfig:
     if base.data.uri and base.data.uri != "cifar10":
         base = replace(base, **{"data.uri": storage.normalize(base.data.uri)})
     if base.data.decode.image_size is None:  # decode once, at the size every trial trains at
-        from imgrec import models
-
         base = replace(base, **{"data.decode.image_size": tuple(models.get_spec(base.model.name).default_size)})
     cfg = replace(cfg, base=base)
     storage.atomic_write(saved, json.dumps(to_dict(cfg), indent=1))

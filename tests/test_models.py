@@ -65,7 +65,7 @@ def test_preprocessing_matches_keras_preprocess_input(name):
     ours = _through(models.preprocessing_layers(name), keras.ops.convert_to_tensor(x))
     assert ours.dtype == np.float32
     if spec.kind == "backbone":
-        module = getattr(keras.applications, spec.module)
+        module = getattr(keras.applications, spec.factory.module)
         expected = np.asarray(module.preprocess_input(x.astype("float32").copy()), dtype="float32")
     else:
         expected = x.astype("float32") / 255.0
@@ -260,6 +260,7 @@ def test_saved_model_reloads_with_safe_mode_in_a_fresh_process(tmp_path):
         f"""
         import json, numpy as np, keras
         import imgrec.models as models
+        import imgrec.models.layers  # registers ReverseChannels for safe mode
         d = {str(tmp_path)!r}
         m = keras.models.load_model(d + "/m.keras", safe_mode=True)
         c = keras.models.load_model(d + "/c.keras", safe_mode=True)
@@ -412,6 +413,6 @@ def test_small_entries_build_at_minimum_size(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [s.name for s in models.list_models("backbone")])
+@pytest.mark.parametrize("name", [s.name for s in models.list_models(kind="backbone")])
 def test_every_backbone_builds_at_minimum_size(name):
     _build_and_predict(name)
