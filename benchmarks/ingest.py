@@ -210,10 +210,10 @@ def warm_up_ray_data(s3: bool) -> None:
 
     def touch(batch):
         import imgrec.augment  # noqa: F401
-        import imgrec.data
+        import imgrec.data.read
 
         if s3:
-            imgrec.data._s3_client()
+            imgrec.data.read._s3_client()
         time.sleep(0.2)  # hold the worker, so the next task needs another one
         return batch
 

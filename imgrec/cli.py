@@ -30,6 +30,18 @@ app.command("transfer")(transfer_command)
 app.command("tune")(tune_command)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(imgrec.__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the imgrec version and exit.")) -> None:
+    """Distributed image recognition on Ray and Keras 3."""
+
+
 @app.command()
 def version() -> None:
     """Print the imgrec version."""

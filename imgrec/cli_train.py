@@ -4,15 +4,34 @@ from scratch vs MobileNet fine-tuning at 128x128)."""
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import typer
 
 from imgrec.cli_common import clear_errors
-from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
+from imgrec.config import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    RESIZE_MODES,
+    AugmentConfig,
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from imgrec.train import train
 
 Opt = typer.Option
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A typer choice type from one of the config's value tuples: anything else is refused while parsing."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+Resize, Optimizer, Schedule = choices("Resize", RESIZE_MODES), choices("Optimizer", OPTIMIZERS), \
+    choices("Schedule", LR_SCHEDULES)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -89,7 +108,7 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         dropout: Annotated[float, Opt(help="Dropout before the output layer.")] = 0.2,
         alpha: Annotated[float, Opt(help="MobileNet width multiplier.")] = None,
         image_size: Annotated[str, Opt(help="N or HxW (default: the model's input size).")] = default_size,
-        resize: Annotated[str, Opt(help="stretch | crop | pad.")] = "stretch",
+        resize: Annotated[Resize, Opt(help="How images reach the model size.")] = Resize("stretch"),
         validation_split: Annotated[float, Opt(help="Fraction held out for validation.")] = 0.3,
         split_seed: Annotated[int, Opt(help="Seed of the deterministic split.")] = 0,
         augment: Annotated[str, Opt(help="Augmentation preset: none | light | course.")] = default_augment,
@@ -99,9 +118,9 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         gpus_per_worker: Annotated[float, Opt(help="GPUs per worker.")] = 0.0,
         batch_size: Annotated[int, Opt(help="GLOBAL batch size (split across workers).")] = 32,
         epochs: Annotated[int, Opt(help="Total epochs (a resumed run continues up to this).")] = 10,
-        optimizer: Annotated[str, Opt(help="adam | sgd | rmsprop.")] = "adam",
+        optimizer: Annotated[Optimizer, Opt(help="Optimizer.")] = Optimizer("adam"),
         lr: Annotated[float, Opt(help="Learning rate.")] = default_lr,
-        lr_schedule: Annotated[str, Opt(help="constant | cosine | exponential.")] = "constant",
+        lr_schedule: Annotated[Schedule, Opt(help="Learning-rate schedule.")] = Schedule("constant"),
         early_stopping: Annotated[int, Opt(help="Stop after N epochs without val_accuracy gain.")] = None,
         head_epochs: Annotated[int, Opt(help="Two-stage: epochs training the head only first.")] = 0,
         fine_tune_lr_factor: Annotated[float, Opt(help="Two-stage: stage-two lr = lr x factor.")] = 0.1,
@@ -114,7 +133,8 @@ def make_command(*, default_model: str, default_size: str | None, default_weight
         evaluate: Annotated[bool, Opt(help="Evaluate on the test tree at the end.")] = True,
         report: Annotated[bool, Opt(help="Write plots and report.html.")] = True,
     ) -> None:
-        options = dict(locals())  # exactly the command's parameters
+        # exactly the command's parameters, choices as their text
+        options = {k: v.value if isinstance(v, enum.Enum) else v for k, v in locals().items()}
 
         with clear_errors():
             result = train(build_config(**options))

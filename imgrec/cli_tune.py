@@ -9,10 +9,20 @@ import typer
 
 from imgrec import tune
 from imgrec.cli_common import clear_errors
-from imgrec.cli_train import parse_size
-from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, SweepConfig, TrainConfig
+from imgrec.cli_train import Optimizer, choices, parse_size
+from imgrec.config import (
+    SWEEP_SCHEDULERS,
+    SWEEP_SEARCHES,
+    AugmentConfig,
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    SweepConfig,
+    TrainConfig,
+)
 
 Opt = typer.Option
+Scheduler, Search = choices("Scheduler", SWEEP_SCHEDULERS), choices("Search", SWEEP_SEARCHES)
 
 
 def parse_list(text: str | None, kind=str, option: str = "") -> list | None:
@@ -49,10 +59,10 @@ def tune_command(
     cpus_per_worker: Annotated[float, Opt(help="CPUs per worker, with a worker count.")] = 1.0,
     gpus_per_worker: Annotated[float, Opt(help="GPUs per worker.")] = 0.0,
     max_concurrent: Annotated[int, Opt(help="Trials at once (default: as many as the cluster's CPUs fit).")] = None,
-    scheduler: Annotated[str, Opt(help="asha (stop weak trials early) | fifo.")] = "asha",
-    search: Annotated[str, Opt(help="auto | optuna | hyperopt | random | grid.")] = "auto",
+    scheduler: Annotated[Scheduler, Opt(help="asha stops weak trials early.")] = Scheduler("asha"),
+    search: Annotated[Search, Opt(help="auto: optuna if installed, else random.")] = Search("auto"),
     head: Annotated[str, Opt(help="Transfer head: lean | course.")] = "lean",
-    optimizer: Annotated[str, Opt(help="adam | sgd | rmsprop.")] = "adam",
+    optimizer: Annotated[Optimizer, Opt(help="Optimizer.")] = Optimizer("adam"),
     validation_split: Annotated[float, Opt(help="Fraction held out for validation.")] = 0.3,
     seed: Annotated[int, Opt(help="Training and search seed.")] = 0,
     evaluate: Annotated[bool, Opt(help="Evaluate the best checkpoint on the test tree.")] = True,
@@ -72,7 +82,7 @@ def tune_command(
             gpus_per_worker=gpus_per_worker,
             batch_size=batch_size,
             epochs=epochs,
-            optimizer=optimizer,
+            optimizer=optimizer.value,
             seed=seed,
         )
         cfg = SweepConfig(
@@ -84,8 +94,8 @@ def tune_command(
             batch_sizes=parse_list(batch_sizes, int, "--batch-sizes"),
             augment_presets=parse_list(augment_presets, str, "--augment-presets"),
             max_concurrent=max_concurrent,
-            scheduler=scheduler,
-            search=search,
+            scheduler=scheduler.value,
+            search=search.value,
             storage=storage,
             name=name,
             resume=resume,

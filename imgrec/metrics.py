@@ -11,9 +11,15 @@ import numpy as np
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     labels = np.asarray(labels, dtype=np.int64)
     pred = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
-    k = len(class_names)
-    confusion = np.zeros((k, k), dtype=np.int64)
+    confusion = np.zeros((len(class_names),) * 2, dtype=np.int64)
     np.add.at(confusion, (labels, pred), 1)
+    return confusion_metrics(confusion, class_names)
+
+
+def confusion_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """The scores of a confusion matrix (rows: actual, columns: predicted); the
+    matrices of disjoint parts sum, so big outputs are scored part by part."""
+    confusion = np.asarray(confusion, dtype=np.int64)
     per_class = {}
     for i, name in enumerate(class_names):
         tp = confusion[i, i]
@@ -23,9 +29,10 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
             "recall": float(tp / actual) if actual else 0.0,
             "support": int(actual),
         }
+    total = int(confusion.sum())
     return {
-        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
-        "count": int(len(labels)),
+        "accuracy": float(np.trace(confusion) / total) if total else float("nan"),
+        "count": total,
         "per_class": per_class,
         "confusion": confusion.tolist(),
         "class_names": list(class_names),

@@ -74,7 +74,8 @@ def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI; a malformed one is a StorageError."""
     parsed = urlparse(uri)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise StorageError(f"malformed S3 URI {uri!r}: expected s3://bucket/prefix")
@@ -89,7 +90,7 @@ def normalize(uri: str | os.PathLike) -> str:
     if not uri:
         raise StorageError("empty storage URI: give a local path or s3://bucket/prefix")
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         return f"s3://{bucket}/{key}".rstrip("/") if key else f"s3://{bucket}"
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
@@ -116,7 +117,7 @@ def join(uri: str, *parts: str) -> str:
 def parent(uri: str) -> str:
     uri = normalize(uri)
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         return f"s3://{bucket}/{posixpath.dirname(key)}".rstrip("/")
     return os.path.dirname(uri)
 
@@ -127,7 +128,7 @@ def basename(uri: str) -> str:
 
 def _key_of(uri: str) -> str:
     """The object key of a normalised ``s3://bucket/key`` URI."""
-    return _split_s3(uri)[1]
+    return split_s3(uri)[1]
 
 
 # --------------------------------------------------------------------------- clients
@@ -190,7 +191,7 @@ def resolve(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str
     """A pyarrow filesystem and the path inside it (``bucket/key`` for S3, no scheme)."""
     uri = normalize(uri)
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         return s3_filesystem(endpoint), f"{bucket}/{key}".rstrip("/")
     return pafs.LocalFileSystem(), uri
 
@@ -283,7 +284,7 @@ def _first_line(text: str, limit: int = 200) -> str:
 
 def _bucket_of(uri: str) -> str:
     try:
-        return _split_s3(normalize(uri))[0]
+        return split_s3(normalize(uri))[0]
     except StorageError:
         return uri
 
@@ -379,7 +380,7 @@ def check_bucket(uri: str) -> None:
     if not is_s3(uri):
         return
     uri = normalize(uri)
-    bucket, _ = _split_s3(uri)
+    bucket, _ = split_s3(uri)
     try:
         boto3_client().head_bucket(Bucket=bucket)
     except Exception as exc:
@@ -395,7 +396,7 @@ def ensure_bucket(uri: str) -> None:
         os.makedirs(normalize(uri), exist_ok=True)
         return
     uri = normalize(uri)
-    bucket, _ = _split_s3(uri)
+    bucket, _ = split_s3(uri)
     client = boto3_client()
     try:
         client.head_bucket(Bucket=bucket)
@@ -451,7 +452,7 @@ def _walk_sorted(folder: str, rel_prefix: str) -> Iterator[tuple[str, str]]:
 
 
 def _list_s3(uri: str, wanted: Callable[[str], bool]) -> Iterator[ObjectInfo]:
-    bucket, key = _split_s3(uri)
+    bucket, key = split_s3(uri)
     prefix = key + "/" if key else ""
     client = boto3_client()
     paginator = client.get_paginator("list_objects_v2")
@@ -487,7 +488,7 @@ def exists(uri: str) -> bool:
     uri = normalize(uri)
     if not is_s3(uri):
         return os.path.exists(uri)
-    bucket, key = _split_s3(uri)
+    bucket, key = split_s3(uri)
     client = boto3_client()
     if not key:
         try:
@@ -518,7 +519,7 @@ def read_bytes(uri: str) -> bytes:
             return Path(uri).read_bytes()
         except OSError as exc:
             raise explain(exc, uri) from None
-    bucket, key = _split_s3(uri)
+    bucket, key = split_s3(uri)
     if not key:
         raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
     client = boto3_client()
@@ -543,7 +544,7 @@ def atomic_write(uri: str, data: bytes | str) -> None:
         data = data.encode("utf-8")
     uri = normalize(uri)
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         if not key:
             raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
         _s3_call(uri, boto3_client().put_object, Bucket=bucket, Key=key, Body=data)
@@ -592,7 +593,7 @@ def write_many(
     root = normalize(root)
     if is_s3(root):
         check_bucket(root)
-        bucket, key = _split_s3(root)
+        bucket, key = split_s3(root)
         client = boto3_client()
 
         def put(item: tuple[str, bytes]) -> None:
@@ -656,7 +657,7 @@ def delete_prefix(uri: str) -> int:
             os.unlink(uri)
             return 1
         return 0
-    bucket, _ = _split_s3(uri)
+    bucket, _ = split_s3(uri)
     client = boto3_client()
     keys = [_key_of(o.uri) for o in list_objects(uri)]
     for i in range(0, len(keys), 1000):
@@ -746,7 +747,7 @@ def upload_dir(local_dir: str, uri: str, *, workers: int = 16, progress: bool = 
 
         return _run_parallel(copy, files, workers=0, desc=f"copy to {uri}", progress=progress)
     check_bucket(uri)
-    bucket, key = _split_s3(uri)
+    bucket, key = split_s3(uri)
     client = boto3_client()
 
     def put(obj: ObjectInfo) -> None:
@@ -773,7 +774,7 @@ def download_prefix(uri: str, local_dir: str, *, workers: int = 16, progress: bo
             shutil.copyfile(obj.uri, dest)
 
         return _run_parallel(copy, objects, workers=0, desc=f"copy {uri}", progress=progress)
-    bucket, _ = _split_s3(uri)
+    bucket, _ = split_s3(uri)
     client = boto3_client()
 
     def get(obj: ObjectInfo) -> None:
@@ -802,7 +803,7 @@ def download_file(uri: str, local_path: str) -> str:
         if not os.path.isfile(uri):
             raise StorageError(f"{uri}: no such file; check the path")
         return uri
-    bucket, key = _split_s3(uri)
+    bucket, key = split_s3(uri)
     if not key:
         raise StorageError(f"{uri}: names a bucket, not an object; give s3://bucket/key")
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)

@@ -1,4 +1,4 @@
-"""data.py: class-per-folder trees (S3 and local) -> listing, split, decode-once
+"""imgrec.data: class-per-folder trees (S3 and local) -> listing, split, decode-once
 Ray datasets with bad files reported, per-epoch augmentation, batches for
 training, the inspect report and the CIFAR-style export."""
 
@@ -16,6 +16,7 @@ from PIL import Image
 
 from imgrec import data, storage
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
+from imgrec.data import datasets
 from imgrec.decode import decode_image
 
 SIZE = (24, 32)  # (height, width) every test tree is decoded to
@@ -117,10 +118,10 @@ def test_split_is_stable_disjoint_near_the_fraction_and_order_free():
 
 def test_limit_per_class_keeps_the_first_files_of_each_class():
     records = fake_records({0: 5, 1: 2})
-    kept = data._limit_per_class(records, 3)
+    kept = datasets._limit_per_class(records, 3)
     assert [r["rel"] for r in kept] == [
         "c0/00000.jpg", "c0/00001.jpg", "c0/00002.jpg", "c1/00000.jpg", "c1/00001.jpg"]
-    assert data._limit_per_class(records, None) == records
+    assert datasets._limit_per_class(records, None) == records
 
 
 def test_load_dataset_needs_an_image_size(tmp_path):

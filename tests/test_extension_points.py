@@ -1,8 +1,9 @@
 """Extending imgrec from outside the package, each in the one place
 ``docs/architecture.md`` names ("to add X, touch Y"), then using it for real.
 
-So far: a backbone from anywhere is one registry entry. The model registry
-looks names up without importing Keras or TensorFlow."""
+So far: a backbone from anywhere is one registry entry (and the registry looks
+names up without importing Keras or TensorFlow); a prediction output column is
+one ``Column``."""
 
 from __future__ import annotations
 
@@ -86,3 +87,63 @@ def test_a_backbone_from_anywhere_is_one_entry(tiny_backbone):
 
     with pytest.raises(Exception, match="no published weights"):  # the factory's own words, in a ConfigError
         models.build_model(dataclasses.replace(cfg, weights="imagenet"), num_classes=3, image_size=(32, 32))
+
+
+def _entropy(scored) -> list:
+    """Shannon entropy of each row's class probabilities (null where the file did not decode)."""
+    p = np.clip(scored.probs, 1e-12, 1.0)
+    return scored.good((-(p * np.log(p)).sum(axis=1)).tolist())
+
+
+def test_a_prediction_column_is_one_entry(ray_cluster, tmp_path):
+    """An output column added from outside is computed by the model actors on
+    the cluster, written into every part with its type, and recorded in
+    ``_job.json``, so an output written without it is refused on resume."""
+    import keras
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from ray import cloudpickle
+
+    from imgrec import predict
+    from imgrec.checkpoint import write_checkpoint
+    from imgrec.config import DecodeConfig, PredictConfig, to_dict
+
+    classes, size = ["dark", "light"], (32, 32)
+    tree = tmp_path / "images"
+    for k, name in enumerate(classes):
+        (tree / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (200 * k + 10 * i,) * 3).save(tree / name / f"{i}.png")
+    (tree / "dark" / "broken.png").write_bytes(b"not a png")
+    keras.utils.set_random_seed(0)
+    model = models.build_model(ModelConfig(name="small_cnn"), 2, size)
+    run = tmp_path / "run"
+    write_checkpoint(model, str(run / "checkpoint_000001"), {
+        "class_names": classes, "image_size": list(size), "decode": to_dict(DecodeConfig(image_size=size)),
+        "model": to_dict(ModelConfig(name="small_cnn")), "epoch": 1, "metrics": {"val_accuracy": 0.5}})
+
+    before = tmp_path / "before"  # written without the column
+    predict.predict_bucket(PredictConfig(model=str(run), input=str(tree), output=str(before)), progress=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors unpickle _entropy from here
+    predict.add_column(predict.Column("entropy", pa.float32, "model", _entropy, "uncertainty, nats"))
+    try:
+        out = tmp_path / "out"
+        predict.predict_bucket(PredictConfig(model=str(run), input=str(tree), output=str(out)), progress=False)
+        frame = predict.read_predictions(str(out)).set_index("path")
+        assert frame["error"].notna().sum() == 1  # broken.png
+        probs = predict.read_predictions(str(before)).set_index("path")
+        assert frame.columns[-1] == "entropy"
+        for path, row in frame.iterrows():
+            if isinstance(row["error"], str):  # pandas shows a null as None or NaN
+                assert row["entropy"] is None or np.isnan(row["entropy"]), path
+                continue
+            p = probs.loc[path, "confidence"]  # two classes: the other one has 1 - p
+            assert row["entropy"] == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)), rel=1e-4), path
+        part = next((out / predict.PREDICTIONS_DIR).iterdir())
+        assert pq.read_schema(part).field("entropy").type == pa.float32()
+        with pytest.raises(predict.PredictError, match="other output columns"):
+            predict.predict_bucket(PredictConfig(model=str(run), input=str(tree), output=str(before)),
+                                   progress=False)
+    finally:
+        predict.remove_column("entropy")

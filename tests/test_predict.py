@@ -6,6 +6,7 @@ built and written straight into the checkpoint contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from imgrec import predict as P
 from imgrec import storage
 from imgrec.config import ConfigError, DecodeConfig, ModelConfig, PredictConfig, to_dict
+from imgrec.predict import chunks, columns, listing, output
 
 CLASSES = ["blue", "green", "red"]
 SIZE = (32, 32)
@@ -182,7 +184,7 @@ def test_s3_killed_run_resumes_with_every_file_once(ray_cluster, model_run, imag
 
     with pytest.raises(RuntimeError, match="injected kill"):
         P.predict_bucket(cfg, progress=False, on_chunk=die_after_first)
-    assert len(P._part_uris(out)) == 1  # the part written before the kill
+    assert len(output.part_uris(out)) == 1  # the part written before the kill
 
     summary = P.predict_bucket(cfg, progress=False)
     expected = sorted(o.uri for o in storage.list_objects(f"{bucket}/images") if not o.path.endswith(".txt"))
@@ -223,35 +225,35 @@ def test_cli_predict_from_a_csv_manifest(ray_cluster, model_run, image_tree, tmp
 
 
 def _entries(keys):
-    return [P._Entry(uri=f"s3://b/{k}", key=k, size=1, label=None) for k in keys]
+    return [listing.Entry(uri=f"s3://b/{k}", key=k, size=1, label=None) for k in keys]
 
 
 def test_chunks_are_deterministic_bounded_and_local_to_changes():
     keys = [f"img/{i:06d}.jpg" for i in range(3000)]
-    first = list(P._cut_chunks(iter(_entries(keys)), 100))
-    assert [c.name for c in first] == [c.name for c in P._cut_chunks(iter(_entries(keys)), 100)]
+    first = list(chunks.cut_chunks(iter(_entries(keys)), 100))
+    assert [c.name for c in first] == [c.name for c in chunks.cut_chunks(iter(_entries(keys)), 100)]
     sizes = [len(c.paths) for c in first]
     assert sum(sizes) == 3000 and max(sizes) <= 200 and min(sizes[:-1]) >= 50
     assert 15 <= len(first) <= 45  # about N files per chunk on average
     changed = keys[:1500] + ["img/001500a.jpg"] + keys[1500:]
-    second = list(P._cut_chunks(iter(_entries(changed)), 100))
+    second = list(chunks.cut_chunks(iter(_entries(changed)), 100))
     new = {c.name for c in second} - {c.name for c in first}
     assert 1 <= len(new) <= 3  # only the chunk(s) around the inserted file change
 
 
 def test_changed_listing_removes_stale_parts_and_keeps_the_rest(tmp_path):
     keys = [f"c/{i:04d}.jpg" for i in range(400)]
-    before = [c.name for c in P._cut_chunks(iter(_entries(keys)), 20)]
+    before = [c.name for c in chunks.cut_chunks(iter(_entries(keys)), 20)]
     out = tmp_path / "out"
     (out / P.PREDICTIONS_DIR).mkdir(parents=True)
     for name in before:
         (out / P.PREDICTIONS_DIR / name).write_bytes(b"a finished part")
     job = {"input": "s3://b", "checkpoint": "s3://b/ck", "model_sha256": "h", "top_k": 5,
-           "files_per_output": 20, "all_files": False}
+           "files_per_output": 20, "all_files": False, "columns": columns.schema_record()}
     (out / P.JOB_FILE).write_text(json.dumps(job))
-    plan = P._Plan.write(str(tmp_path / "plan.jsonl"),
-                         P._cut_chunks(iter(_entries([*keys[:200], "c/0199a.jpg", *keys[200:]])), 20))
-    done, stale = P._prepare_output(str(out), job, plan, resume=True)
+    plan = chunks.Plan.write(str(tmp_path / "plan.jsonl"),
+                         chunks.cut_chunks(iter(_entries([*keys[:200], "c/0199a.jpg", *keys[200:]])), 20))
+    done, stale = output.prepare_output(str(out), job, plan, resume=True)
     assert done == set(before) & set(plan.names) and 1 <= stale <= 2
     assert 1 <= len(plan.names) - len(done) <= 3  # only the chunks around the new file run again
     assert set(os.listdir(out / P.PREDICTIONS_DIR)) == done  # no part left to duplicate rows
@@ -263,10 +265,10 @@ def test_txt_manifest_rows_local_and_s3(tmp_path, bucket):
     manifest.write_text(text)
     storage.write_bytes(f"{bucket}/lists/list.txt", text.encode())
     expected = ["a/1.jpg", "s3://b/k/2.png", "/abs/3.jpg"]
-    assert [p for p, _ in P._manifest_rows(str(manifest))] == expected
-    assert [p for p, _ in P._manifest_rows(f"{bucket}/lists/list.txt")] == expected
-    assert P._absolute("a/1.jpg", str(tmp_path)) == str(tmp_path / "a/1.jpg")
-    assert P._absolute("k/2.png", f"{bucket}/lists") == f"{bucket}/lists/k/2.png"
+    assert [p for p, _ in listing.manifest_rows(str(manifest))] == expected
+    assert [p for p, _ in listing.manifest_rows(f"{bucket}/lists/list.txt")] == expected
+    assert listing.absolute("a/1.jpg", str(tmp_path)) == str(tmp_path / "a/1.jpg")
+    assert listing.absolute("k/2.png", f"{bucket}/lists") == f"{bucket}/lists/k/2.png"
 
 
 def test_resume_refuses_an_output_from_another_setup(model_run, image_tree, tmp_path):
@@ -282,6 +284,35 @@ def test_resume_refuses_an_output_from_another_setup(model_run, image_tree, tmp_
     with pytest.raises(P.PredictError, match="no image files"):
         P.predict_bucket(PredictConfig(model=run, input=str(tmp_path / "out"), output=str(tmp_path / "o2")),
                          progress=False)
+
+
+def test_resume_refuses_parts_written_with_other_columns(ray_cluster, model_run, image_tree, tmp_path):
+    """An output whose parts lack a column this version writes (an older imgrec's,
+    with no columns in its _job.json) is refused on resume, never mixed with new
+    parts; --no-resume rewrites it with one schema."""
+    import pyarrow.parquet as pq
+
+    run, _, _ = model_run
+    root, files = image_tree
+    out = tmp_path / "out"
+    cfg = PredictConfig(model=run, input=root, output=str(out), files_per_output=4)
+    P.predict_bucket(cfg, progress=False)
+    job = json.loads((out / P.JOB_FILE).read_text())
+    assert job["columns"] == columns.schema_record()
+    # Turn it into an older version's output: no columns recorded, parts without `checkpoint`.
+    (out / P.JOB_FILE).write_text(json.dumps({k: v for k, v in job.items() if k != "columns"}))
+    parts = sorted((out / P.PREDICTIONS_DIR).iterdir())
+    for part in parts:
+        pq.write_table(pq.read_table(part).drop_columns(["checkpoint"]), part)
+    first = parts[0]
+    first.unlink()  # one chunk still to do, so a resume would write a new-schema part beside the old ones
+    with pytest.raises(P.PredictError, match=r"other output columns.*'checkpoint'.*--no-resume"):
+        P.predict_bucket(cfg, progress=False)
+    assert not first.exists()  # nothing written
+    P.predict_bucket(dataclasses.replace(cfg, resume=False), progress=False)
+    schemas = {tuple(pq.read_schema(p).names) for p in (out / P.PREDICTIONS_DIR).iterdir()}
+    assert schemas == {tuple(P.output_schema().names)}
+    assert len(P.read_predictions(str(out))) == len([f for f in files if f != "README.txt"])
 
 
 def test_cli_predict_one_prints_answer_and_probabilities(model_run, image_tree):

@@ -1,0 +1,7 @@
+"""The one error of batch prediction."""
+
+from __future__ import annotations
+
+
+class PredictError(ValueError):
+    """Batch prediction cannot run as asked; the message names the URI and the fix."""
