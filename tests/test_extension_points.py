@@ -58,8 +58,7 @@ def tiny_backbone():
         name="tiny_ext", kind="backbone", input_size=(32, 32), min_size=8, preprocessing="tf",
         factory=_tiny_backbone, kwargs=(("width", 4),), blocks=r":blk\d_relu$", description="a test backbone"))
     yield spec
-    del models.registry._REGISTRY[spec.name]  # the registry is process-wide
-    models.registry._aliases.cache = None
+    models.registry.unregister(spec.name)  # the registry is process-wide
 
 
 def test_a_backbone_from_anywhere_is_one_entry(tiny_backbone):

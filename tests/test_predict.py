@@ -249,7 +249,7 @@ def test_changed_listing_removes_stale_parts_and_keeps_the_rest(tmp_path):
     for name in before:
         (out / P.PREDICTIONS_DIR / name).write_bytes(b"a finished part")
     job = {"input": "s3://b", "checkpoint": "s3://b/ck", "model_sha256": "h", "top_k": 5,
-           "files_per_output": 20, "all_files": False, "columns": columns.schema_record()}
+           "files_per_output": 20, "all_files": False, "columns": columns.schema_record(P.output_schema())}
     (out / P.JOB_FILE).write_text(json.dumps(job))
     plan = chunks.Plan.write(str(tmp_path / "plan.jsonl"),
                          chunks.cut_chunks(iter(_entries([*keys[:200], "c/0199a.jpg", *keys[200:]])), 20))
@@ -298,7 +298,7 @@ def test_resume_refuses_parts_written_with_other_columns(ray_cluster, model_run,
     cfg = PredictConfig(model=run, input=root, output=str(out), files_per_output=4)
     P.predict_bucket(cfg, progress=False)
     job = json.loads((out / P.JOB_FILE).read_text())
-    assert job["columns"] == columns.schema_record()
+    assert job["columns"] == columns.schema_record(P.output_schema())
     # Turn it into an older version's output: no columns recorded, parts without `checkpoint`.
     (out / P.JOB_FILE).write_text(json.dumps({k: v for k, v in job.items() if k != "columns"}))
     parts = sorted((out / P.PREDICTIONS_DIR).iterdir())

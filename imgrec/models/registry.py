@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import re
 import warnings
 from collections.abc import Callable
@@ -95,27 +96,29 @@ def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"model {spec.name!r} is already registered; pass replace=True to override it")
     _REGISTRY[spec.name] = spec
-    _aliases.cache = None
+    _aliases.cache_clear()
     return spec
+
+
+def unregister(name: str) -> None:
+    """Remove an entry (one added from outside, e.g. by a test)."""
+    del _REGISTRY[get_spec(name).name]
+    _aliases.cache_clear()
 
 
 def _alias_key(name: str) -> str:
     return re.sub(r"[\s_\-.]", "", str(name).lower())
 
 
+@functools.cache
 def _aliases() -> dict[str, str]:
     """Accepted spellings: the registry key and each entry's aliases
     (case-insensitive, with or without separators: MobileNetV2, mobilenetv2)."""
-    if _aliases.cache is None:
-        table: dict[str, str] = {_alias_key(spec.name): spec.name for spec in _REGISTRY.values()}
-        for spec in _REGISTRY.values():
-            for alias in spec.aliases:
-                table.setdefault(_alias_key(alias), spec.name)
-        _aliases.cache = table
-    return _aliases.cache
-
-
-_aliases.cache = None
+    table: dict[str, str] = {_alias_key(spec.name): spec.name for spec in _REGISTRY.values()}
+    for spec in _REGISTRY.values():
+        for alias in spec.aliases:
+            table.setdefault(_alias_key(alias), spec.name)
+    return table
 
 
 def get_spec(name: str | ModelSpec) -> ModelSpec:

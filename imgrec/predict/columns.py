@@ -118,9 +118,9 @@ def output_schema(columns: list[Column] | None = None):
     return pa.schema([(c.name, c.arrow_type()) for c in (columns or output_columns())])
 
 
-def schema_record(columns: list[Column] | None = None) -> list[list[str]]:
-    """(name, Arrow type) of each column, as ``_job.json`` records them."""
-    return [[c.name, str(c.arrow_type())] for c in (columns or output_columns())]
+def schema_record(schema) -> list[list[str]]:
+    """(name, Arrow type) of each field of a Parquet schema, as ``_job.json`` records them."""
+    return [[f.name, str(f.type)] for f in schema]
 
 
 def model_table(scored: Scored, columns: list[Column], extra: dict[str, Any]):

@@ -11,7 +11,7 @@ from imgrec import storage
 from imgrec.config import PredictConfig, to_dict
 from imgrec.layout import PredictionLayout
 from imgrec.predict.chunks import Plan
-from imgrec.predict.columns import Column, schema_record
+from imgrec.predict.columns import Column, output_schema, schema_record
 from imgrec.predict.errors import PredictError
 
 PREDICTIONS_DIR = PredictionLayout.PREDICTIONS
@@ -31,7 +31,7 @@ def job_record(cfg: PredictConfig, ref: ckpt.CheckpointRef, columns: list[Column
         "top_k": int(cfg.top_k),
         "files_per_output": int(cfg.files_per_output),
         "all_files": bool(cfg.all_files),
-        "columns": schema_record(columns),
+        "columns": schema_record(output_schema(columns)),
         "config": to_dict(cfg),
     }
 
@@ -45,7 +45,7 @@ def check_job(old: dict[str, Any], new: dict[str, Any], out: str, parts: list[st
     recorded: the schema of one of its ``parts`` is compared instead)."""
     before = old.get("columns")
     if before is None and parts:
-        before = [[f.name, str(f.type)] for f in part_schema(parts[0])]
+        before = schema_record(part_schema(parts[0]))
     if before is not None and before != new["columns"]:
         raise PredictError(
             f"{out} holds parts with other output columns ({[c[0] for c in before]} then, "
