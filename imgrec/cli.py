@@ -8,14 +8,17 @@ import typer
 import imgrec
 from imgrec import augment, data, models, storage, synth
 from imgrec import features as feats
-from imgrec.cli_common import clear_errors
+from imgrec.cli_common import ImgrecGroup, clear_errors
+from imgrec.cli_options import parse_size
+from imgrec.cli_predict import predict_command
 from imgrec.cli_train import train_command, transfer_command
 from imgrec.cli_tune import tune_command
-from imgrec.config import AugmentConfig, ConfigError, DecodeConfig, PredictConfig, replace
-from imgrec.predict import describe_one, predict_bucket
+from imgrec.config import AugmentConfig, ConfigError, DecodeConfig, replace
+from imgrec.demo import run_demo
+from imgrec.predict import describe_one
 from imgrec.runtime import ensure_ray
 
-app = typer.Typer(help="Distributed image recognition on Ray and Keras 3.", no_args_is_help=True)
+app = typer.Typer(help="Distributed image recognition on Ray and Keras 3.", no_args_is_help=True, cls=ImgrecGroup)
 data_app = typer.Typer(help="Create, upload and inspect image datasets.", no_args_is_help=True)
 augment_app = typer.Typer(help="Look at data augmentation.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -28,6 +31,7 @@ app.add_typer(baseline_app, name="baseline")
 app.command("train")(train_command)
 app.command("transfer")(transfer_command)
 app.command("tune")(tune_command)
+app.command("predict")(predict_command)
 
 
 def _print_version(value: bool) -> None:
@@ -46,6 +50,19 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 def version() -> None:
     """Print the imgrec version."""
     typer.echo(imgrec.__version__)
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("demo-output", help="Where data, weights and runs go (local or s3://)."),
+    workers: int = typer.Option(2, help="Ray Train workers."),
+    pretrain_epochs: int = typer.Option(8, help="Epochs pretraining the backbone on task A."),
+    transfer_epochs: int = typer.Option(4, help="Epochs of the transfer job on task B."),
+) -> None:
+    """The embedded default end to end (make demo): synthetic data, MobileNet pretraining on task A,
+    the transfer job fine-tuning on task B, evaluation and report, offline on a local Ray cluster."""
+    with clear_errors():
+        run_demo(out, workers=workers, pretrain_epochs=pretrain_epochs, transfer_epochs=transfer_epochs)
 
 
 @data_app.command("upload")
@@ -68,7 +85,7 @@ def data_synth(
     classes: int = typer.Option(3, help="Number of classes (2-8)."),
     per_class: int = typer.Option(100, help="Training images per class."),
     test_per_class: int = typer.Option(None, help="Test images per class (default: 20% of --per-class)."),
-    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH, e.g. 375 500 for photo-like images."),
+    image_size: str = typer.Option("64", help="N or HxW (height x width), e.g. 375x500 for photo-like images."),
     seed: int = typer.Option(0, help="Same seed, byte-identical files."),
     quality: int = typer.Option(90, help="JPEG quality (1-95)."),
     overwrite: bool = typer.Option(False, help="Replace what is already under --out."),
@@ -81,7 +98,7 @@ def data_synth(
             task=task,
             classes=classes,
             per_class=per_class,
-            image_size=image_size,
+            image_size=parse_size(image_size),
             seed=seed,
             test_per_class=test_per_class,
             quality=quality,
@@ -98,7 +115,7 @@ def data_inspect(
     decode_all: bool = typer.Option(True, "--decode-all/--decode-sample", help="Find bad files by decoding "
                                     "every file with Ray Data (default), or only the sample, in this process."),
     validation_split: float = typer.Option(0.3, help="Held-out fraction of train/, as training splits it."),
-    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH the bad-file check decodes to."),
+    image_size: str = typer.Option("64", help="N or HxW (height x width) the bad-file check decodes to."),
 ) -> None:
     """Counts per class and split, image sizes/modes/formats, and the files that fail to decode."""
 
@@ -106,7 +123,7 @@ def data_inspect(
         if decode_all:
 
             ensure_ray()
-        report = data.inspect(uri, DecodeConfig(image_size=image_size), validation_split=validation_split,
+        report = data.inspect(uri, DecodeConfig(image_size=parse_size(image_size)), validation_split=validation_split,
                               sample=sample, decode_all=decode_all)
     typer.echo(str(report))
 
@@ -199,7 +216,7 @@ def baseline_train(
     features: str = typer.Option("all", help="Comma-separated feature names or groups: brightness, color, "
                                  "extent, edges, orientation, course (brightness + object height), all."),
     plot: str = typer.Option("brightness,object_height", help="The two features of the decision-boundary plot."),
-    image_size: tuple[int, int] = typer.Option((64, 64), help="HEIGHT WIDTH the images are decoded to."),
+    image_size: str = typer.Option("64", help="N or HxW (height x width) the images are decoded to."),
     validation_split: float = typer.Option(0.3, help="Held-out fraction of train/ when there is no test/ tree."),
 ) -> None:
     """Hand-made features (brightness, colour, object size, edges) + logistic regression:
@@ -210,38 +227,12 @@ def baseline_train(
             data,
             features=features,
             plot_features=[p.strip() for p in plot.split(",")],
-            image_size=image_size,
+            image_size=parse_size(image_size),
             validation_split=validation_split,
             out=out,
             cnn_run=cnn_run,
         )
     typer.echo(result.summary())
-
-
-@app.command("predict")
-def predict_command(
-    model: str = typer.Option(..., "--model", help="Run URI (its best checkpoint) or checkpoint URI."),
-    input_uri: str = typer.Option(..., "--input", help="Image prefix, walked recursively (class folders give "
-                                  "labels), or a .txt/.csv/.parquet manifest with a `path` column."),
-    output: str = typer.Option(..., "--output", help="Prefix for predictions/part-*.parquet and summary.json."),
-    batch_size: int = typer.Option(64, help="Images per model call."),
-    actors: int = typer.Option(1, help="Model actors; each loads the model once."),
-    cpus: float = typer.Option(1.0, help="CPUs per model actor."),
-    gpus: float = typer.Option(0.0, help="GPUs per model actor (0.5 shares a GPU between two)."),
-    top_k: int = typer.Option(5, help="Classes kept per image in topk_classes/topk_probs."),
-    files_per_output: int = typer.Option(10_000, help="About this many rows per part file (the resume unit)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip parts an earlier run already wrote "
-                                "(--no-resume deletes them and starts over)."),
-    all_files: bool = typer.Option(False, "--all-files", help="Predict every file, not only image endings."),
-) -> None:
-    """Batch prediction over a bucket into Parquet; resumable, bad files become error rows."""
-
-    with clear_errors():
-        cfg = PredictConfig(model=model, input=input_uri, output=output, batch_size=batch_size, actors=actors,
-                            num_cpus=cpus, num_gpus=gpus, top_k=top_k, files_per_output=files_per_output,
-                            resume=resume, all_files=all_files)
-        ensure_ray()
-        predict_bucket(cfg)  # prints progress and the summary
 
 
 @app.command("predict-one")

@@ -17,6 +17,7 @@ from imgrec.data.read import DecodeImages, fetch_bytes, read_head
 from imgrec.data.tree import list_image_tree, split_hash, split_records
 from imgrec.decode import BadImage, image_info
 from imgrec.runtime import ensure_ray
+from imgrec.text_table import text_table
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +107,8 @@ def _most_common(counts: dict[str, int]) -> str:
 
 def _table(header: list[str], rows: list[list]) -> str:
     """Left-aligned first column, right-aligned numbers."""
-    def text(v) -> str:
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    cells = [header] + [[text(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)).rstrip()
-        for row in cells
-    )
+    cells = [[f"{v:g}" if isinstance(v, float) else v for v in row] for row in rows]
+    return text_table(header, cells, right=range(1, len(header)))
 
 
 def inspect(

@@ -9,6 +9,7 @@ from typing import Any
 from imgrec.config import ModelConfig
 from imgrec.models.build import build_model
 from imgrec.models.registry import ModelSpec, list_models
+from imgrec.text_table import text_table
 
 
 def _built_stats(spec: ModelSpec) -> tuple[float, int]:
@@ -61,7 +62,7 @@ def format_models_table(rows: list[dict[str, Any]] | None = None) -> str:
         return "-" if value is None else format(value, fmt)
 
     header = ("name", "kind", "params", "depth", "size MB", "top-1", "top-5", "input", "preprocessing", "alpha")
-    lines = [header]
+    lines = []
     for r in rows:
         params = "-" if r["params_m"] is None else (f"{r['params_m']:.1f}M" if r["params_m"] >= 1 else f"{r['params_m'] * 1000:.0f}k")
         lines.append(
@@ -78,10 +79,4 @@ def format_models_table(rows: list[dict[str, Any]] | None = None) -> str:
                 "yes" if r["alpha"] else "",
             )
         )
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6}
-    out = []
-    for line in lines:
-        cells = [str(c).rjust(widths[i]) if i in right else str(c).ljust(widths[i]) for i, c in enumerate(line)]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
+    return text_table(header, lines, right={2, 3, 4, 5, 6})
