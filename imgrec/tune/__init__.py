@@ -41,6 +41,8 @@ as they are, unfinished ones run again and continue their Train run from its
 latest checkpoint (the epochs it already has are replayed to Tune, not retrained).
 """
 
+# The package's names, one import away (``from imgrec import tune; tune.sweep(cfg)``).
+# ruff: noqa: F401
 from __future__ import annotations
 
 from imgrec.tune.driver import (
@@ -76,11 +78,3 @@ from imgrec.tune.space import (
     trial_config,
     trial_index,
 )
-
-__all__ = [
-    "BEST_FILE", "DATA_CPUS_RESERVED", "METRIC", "MODE", "SWEEP_FILE", "TABLE_COLUMNS", "TRIALS_DIR",
-    "TRIAL_DRIVER_RESOURCES", "SweepResult", "_prepare", "_run_trial", "concurrent_trials",
-    "default_max_concurrent", "format_table", "freeze_depth_choices", "results_table", "search_method",
-    "search_space", "sweep", "sweep_layout", "sweep_png", "sweep_uri", "table_csv", "table_parquet",
-    "trial_config", "trial_index", "write_results",
-]
