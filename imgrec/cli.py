@@ -3,6 +3,9 @@ config (``imgrec.config``) and call the library; no logic lives here."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import typer
 
 import imgrec
@@ -141,44 +144,27 @@ def data_export_cifar10(
         typer.echo(f"{split}: {sum(per_class.values())} images, " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
 
 
-@augment_app.command("preview")
 def augment_preview(
     image: str = typer.Argument(..., help="Image file or s3:// URI."),
     out: str = typer.Option("augment_preview.png", "--out", "-o", help="PNG to write (local or s3://)."),
     n: int = typer.Option(8, "-n", help="Number of augmented samples (one row)."),
     preset: str = typer.Option("course", help="Starting point: none | light | course; options below override it."),
-    rotation_range: float = typer.Option(None, help="Degrees, U(-r, r). Default: from --preset."),
-    width_shift_range: float = typer.Option(None, help="Fraction of width (< 1) or pixels. Default: from --preset."),
-    height_shift_range: float = typer.Option(None, help="Fraction of height (< 1) or pixels. Default: from --preset."),
-    zoom_range: str = typer.Option(None, help="z (-> [1-z, 1+z]) or LO,HI; > 1 zooms out. Default: from --preset."),
-    shear_range: float = typer.Option(None, help="Shear angle in degrees, U(-s, s). Default: from --preset."),
-    brightness_range: str = typer.Option(None, help="LO,HI pixel multiplier, or 'none'. Default: from --preset."),
-    horizontal_flip: bool = typer.Option(None, "--horizontal-flip/--no-horizontal-flip", help="Default: from --preset."),
-    vertical_flip: bool = typer.Option(None, "--vertical-flip/--no-vertical-flip", help="Default: from --preset."),
+    # ... here one option per augmentation op field (_OpOptions) ...
     fill_mode: str = typer.Option(None, help="nearest | constant | reflect | wrap. Default: from --preset."),
     cval: int = typer.Option(None, help="Fill value for --fill-mode constant. Default: from --preset."),
     size: str = typer.Option(None, help="Decode size HEIGHTxWIDTH (default: own aspect, longer side 256)."),
     seed: int = typer.Option(None, help="Same seed, same grid."),
+    **op_values,
 ) -> None:
     """Write a 1×N grid of randomly augmented copies of one image (the course's preview)."""
 
     with clear_errors():
-        overrides = {
-            "rotation_range": rotation_range,
-            "width_shift_range": width_shift_range,
-            "height_shift_range": height_shift_range,
-            "zoom_range": _float_or_pair(zoom_range, "--zoom-range"),
-            "shear_range": shear_range,
-            "brightness_range": _float_or_pair(brightness_range, "--brightness-range"),
-            "horizontal_flip": horizontal_flip,
-            "vertical_flip": vertical_flip,
-            "fill_mode": fill_mode,
-            "cval": cval,
-        }
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        if brightness_range is not None and brightness_range.lower() == "none":
-            changes["brightness_range"] = None
-        cfg = replace(AugmentConfig.preset(preset), **changes)
+        base = AugmentConfig.preset(preset)
+        changes = {k: v for k, v in {"fill_mode": fill_mode, "cval": cval}.items() if v is not None}
+        for op in augment.ops(base):
+            for option in op.options:
+                changes.update(option.changes(op_values.get(option.field)))
+        cfg = replace(base, **changes)
         image_size = None
         if size:
             try:
@@ -187,6 +173,42 @@ def augment_preview(
                 raise ConfigError(f"--size must be HEIGHTxWIDTH, e.g. 128x128, got {size!r}") from None
         written = augment.save_preview(image, out, cfg, n=n, image_size=image_size, seed=seed)
     typer.echo(f"wrote {written} ({n} samples: {augment.describe(cfg)})")
+
+
+class _OpOptions:
+    """A typer command whose signature gains one option per augmentation op field
+    (``imgrec.augment.ops``: help text, type, ``--x/--no-x`` for a flag) after
+    ``after``, read from the op list each time typer builds the CLI, so a new op
+    has its option without an edit here. The command starts from
+    ``AugmentConfig.preset``, so it offers the ops whose fields ``AugmentConfig`` has."""
+
+    def __init__(self, command, after: str):
+        self.command, self.after = command, after
+        self.__doc__ = command.__doc__
+        self.__annotations__: dict = {}  # the signature carries the types
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        fixed = [p for p in inspect.signature(self.command, eval_str=True).parameters.values()
+                 if p.kind is not p.VAR_KEYWORD]
+        at = [p.name for p in fixed].index(self.after) + 1
+        order = [f.name for f in dataclasses.fields(AugmentConfig)]  # options in the config's field order
+        options = [o for op in augment.ops(AugmentConfig) for o in op.options]
+        generated = [_op_parameter(o) for o in sorted(options, key=lambda o: order.index(o.field))]
+        return inspect.Signature(fixed[:at] + generated + fixed[at:])
+
+    def __call__(self, **kwargs):
+        return self.command(**kwargs)
+
+
+def _op_parameter(option: augment.CliOption) -> inspect.Parameter:
+    help_text = f"{option.help} Default: from --preset.".strip()
+    decls = [f"{option.flag}/--no-{option.flag[2:]}"] if option.type is bool else []
+    return inspect.Parameter(option.field, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                             default=typer.Option(None, *decls, help=help_text), annotation=option.type)
+
+
+augment_app.command("preview")(_OpOptions(augment_preview, after="preset"))
 
 
 @models_app.command("list")
@@ -246,22 +268,6 @@ def predict_one_command(
     with clear_errors():
         text = describe_one(image, model, top_k=top_k)
     typer.echo(text)
-
-
-def _float_or_pair(text: str | None, option: str):
-    """'0.2' -> 0.2, '0.8,1.2' -> (0.8, 1.2), 'none' -> None, None -> None."""
-
-    if text is None or text.lower() == "none":
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{option} must be a number or LO,HI, got {text!r}") from None
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return tuple(values)
-    raise ConfigError(f"{option} must be a number or LO,HI, got {text!r}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

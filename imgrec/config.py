@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -122,36 +123,32 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return bool(
-            self.rotation_range
-            or self.width_shift_range
-            or self.height_shift_range
-            or self.zoom_bounds != (1.0, 1.0)
-            or self.shear_range
-            or self.brightness_range
-            or self.horizontal_flip
-            or self.vertical_flip
-        )
+        """Whether any augmentation op is active (derived from the op list)."""
+        return _augment_ops("enabled")(self)
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """Named strengths: ``none``, ``light``, ``course`` (the chapter's generator)."""
-        presets = {
-            "none": cls(),
-            "light": cls(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True),
-            "course": cls(
-                rotation_range=40,
-                width_shift_range=0.2,
-                height_shift_range=0.2,
-                zoom_range=0.2,
-                shear_range=0.2,  # degrees, as ImageDataGenerator reads it
-                brightness_range=(0.8, 1.2),
-                horizontal_flip=True,
-            ),
-        }
-        if name not in presets:
-            raise ConfigError(f"unknown augmentation preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name]
+        """Named strengths: ``none``, ``light``, ``course`` (the chapter's generator); each op
+        declares its part of each preset."""
+        return _augment_ops("preset")(cls, name)
+
+
+# The ops behind AugmentConfig's fields (which fields each reads, when it is active,
+# its part of each preset) are classes in imgrec.augment.ops: numpy code this leaf
+# module must not import. That module installs its `enabled` and `preset` here when it
+# loads (imgrec/__init__ loads it), so both derive from the one op list while callers
+# keep `cfg.enabled` and `AugmentConfig.preset(name)`.
+_AUGMENT_OPS: dict[str, Callable[..., Any]] = {}
+
+
+def install_augment_ops(**hooks: Callable[..., Any]) -> None:
+    _AUGMENT_OPS.update(hooks)
+
+
+def _augment_ops(name: str) -> Callable[..., Any]:
+    if name not in _AUGMENT_OPS:
+        raise RuntimeError(f"AugmentConfig.{name} needs the op list: import imgrec.augment first")
+    return _AUGMENT_OPS[name]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 
 So far: a backbone from anywhere is one registry entry (and the registry looks
 names up without importing Keras or TensorFlow); a prediction output column is
-one ``Column``."""
+one ``Column``; an augmentation op is one class plus its config field."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import sys
 
 import numpy as np
 import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
 
-from imgrec import models
-from imgrec.config import ModelConfig
+from imgrec import augment, models
+from imgrec.cli import app
+from imgrec.config import AugmentConfig, ConfigError, ModelConfig, from_dict, to_dict
 from imgrec.models import ModelSpec
 
 
@@ -146,3 +149,84 @@ def test_a_prediction_column_is_one_entry(ray_cluster, tmp_path):
                                    progress=False)
     finally:
         predict.remove_column("entropy")
+
+
+@dataclasses.dataclass
+class ColourCastConfig(AugmentConfig):
+    """The one config field an op from outside adds."""
+
+    channel_gain: float = 0.0  # each channel of each image x U(1-g, 1+g)
+
+
+class ChannelGain(augment.PixelOp):
+    """An op defined outside imgrec: a per-image, per-channel gain (a colour cast)."""
+
+    fields = ("channel_gain",)
+    params = {"channel_gains": 1.0}  # drawn as (n, 3)
+    presets = {"course": {"channel_gain": 0.1}}
+    options = (augment.CliOption("channel_gain", "Per-channel gain spread g: U(1-g, 1+g)."),)
+
+    def draw(self, cfg, rng, n, height, width):
+        return {"channel_gains": rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, (n, 3))}
+
+    def gain(self, values, n):
+        return values["channel_gains"]
+
+
+def _times(images: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """uint8 pixels x per-image, per-channel gains, clipped and rounded half up."""
+    out = np.clip(images.astype(np.float32) * gains.astype(np.float32)[:, None, None, :], 0, 255)
+    return (out + 0.5).astype(np.uint8)
+
+
+def test_an_augmentation_op_is_one_class_and_one_config_field():
+    """Registered, the op is drawn for a config that has its field, applied alone
+    or folded into the warp's blend, named by ``describe``, part of a preset and
+    of the preview grid; a base ``AugmentConfig`` and the CLI (which starts from
+    one) never see it; unregistering restores the op list."""
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 20, 3), dtype=np.uint8)
+    images[0, :4] = 250  # gains > 1 clip here
+    before, course = augment.ops(), AugmentConfig.preset("course")
+    cfg = ColourCastConfig(channel_gain=0.2)
+    with augment.registered(ChannelGain):
+        assert [op.name for op in augment.ops()][-1] == "ChannelGain" and augment.ops(AugmentConfig) == before
+        assert cfg.enabled and not ColourCastConfig().enabled
+        assert augment.augment_batch(images, ColourCastConfig()) is images  # the identity config
+
+        out = augment.augment_batch(images, cfg, np.random.default_rng(3))
+        gains = np.random.default_rng(3).uniform(0.8, 1.2, (6, 3))  # no other op is active: only its draw
+        np.testing.assert_array_equal(out, _times(images, gains))
+        assert (out[0, :4] == 255).any() and not (out[0, :4] == 250).all()
+
+        # With a warp (an integer shift: exact), the gains are folded into its blend.
+        params = augment.random_transforms(6, cfg, np.random.default_rng(3), 16, 20)
+        params.shift_x = np.full(6, 3.0)
+        warped = augment.apply_transforms(images, params, cfg)
+        np.testing.assert_array_equal(warped[:, :, 3:], _times(images, gains)[:, :, :-3])
+
+        assert augment.describe(cfg) == "channel_gain=0.2"
+        assert ColourCastConfig.preset("course") == ColourCastConfig(**vars(course), channel_gain=0.1)
+        assert AugmentConfig.preset("course") == course  # a base config has no such field
+
+        fig = augment.preview_grid(images[1], cfg, n=3, seed=5)
+        expected = augment.augment_batch(np.repeat(images[1:2], 3, axis=0), cfg, np.random.default_rng(5))
+        for ax, sample in zip(fig.axes, expected, strict=True):
+            np.testing.assert_array_equal(ax.images[0].get_array(), sample)
+
+        seeded = ColourCastConfig(channel_gain=0.2, seed=1)
+        batch = {"image": images, "path": np.array([f"p{i}" for i in range(6)])}
+        assert not np.array_equal(augment.Augmenter(seeded)(batch)["image"], images)
+        assert from_dict(ColourCastConfig, to_dict(cfg)) == cfg
+        with pytest.raises(ConfigError, match="channel_gain"):
+            from_dict(AugmentConfig, to_dict(cfg))
+
+        # The preview command's options are generated from the op list (the ops a base config has).
+        preview = get_command(app).commands["augment"].commands["preview"]
+        flags = {opt for param in preview.params for opt in param.opts}
+        wanted = {o.flag for op in augment.ops(AugmentConfig) for o in op.options}
+        assert wanted <= flags and "--zoom-range" in wanted and "--channel-gain" not in flags
+        result = CliRunner().invoke(app, ["augment", "preview", "--help"])
+        assert result.exit_code == 0 and "--fill-mode" in result.output
+
+    assert augment.ops() == before
+    assert "channel_gains" not in augment.TransformParams.identity(2).values

@@ -1,0 +1,71 @@
+"""The course's ``ImageDataGenerator`` augmentations, vectorised over a batch in numpy.
+
+This runs inside Ray Data CPU workers, so it imports neither TensorFlow nor
+scipy (TF alone costs ~0.5 GB per process). One batch is augmented at once:
+
+1. ``random_transforms`` draws per-image parameters (``TransformParams``), op by
+   op from the op list (``imgrec.augment.ops``: one class per op, in draw order).
+2. ``apply_transforms`` composes each image's affine map (zoom, shear, rotation
+   about the centre, shift, then flips) into a 2×3 *inverse* matrix and warps all
+   N images in one go (``imgrec.augment.warp``). Out-of-image samples follow
+   ``fill_mode``.
+3. Brightness (a pixel op's gain) multiplies the result in the warp's blend,
+   rounded and clipped to 0..255; without a warp, flips and gains apply alone.
+
+Semantics (Keras ``ImageDataGenerator`` unless noted):
+
+* ``rotation_range`` r: angle ~ U(-r, r) degrees; positive turns the content
+  counter-clockwise as seen on screen.
+* ``width_shift_range`` / ``height_shift_range`` s: shift ~ U(-s, s) × width
+  (height) when s < 1, or U(-s, s) pixels when s >= 1 (as Keras). Here a
+  positive shift moves content right/down (Keras' sign is the opposite; the
+  distribution is symmetric, so training is unaffected).
+* ``zoom_range``: z -> [1-z, 1+z] or [lo, hi]; x and y factors are drawn
+  independently, as Keras does. Keras semantics: the factor scales the
+  *sampling* grid, so a factor > 1 zooms OUT (content shrinks) and < 1 zooms in.
+* ``shear_range`` s: shear angle ~ U(-s, s) in **degrees** (as Keras reads it);
+  a horizontal shear x' = x + tan(angle)·y about the centre.
+* ``brightness_range`` (lo, hi): pixels × U(lo, hi), clipped to 0..255.
+* ``horizontal_flip`` / ``vertical_flip``: each image flipped with p = 0.5.
+* ``fill_mode``: ``nearest`` (repeat the edge), ``constant`` (``cval``),
+  ``reflect`` (mirror including the edge pixel: d c b a | a b c d | d c b a),
+  ``wrap`` (periodic tiling: a b c d | a b c d | a b c d).
+
+Modules: ``ops`` (the op classes and their registry), ``transforms`` (parameters,
+composition, applying), ``warp`` (the bilinear warp), ``udf`` (``Augmenter``),
+``preview`` (the grid, ``describe``).
+"""
+
+from __future__ import annotations
+
+from imgrec.augment.ops import (
+    FLIP_PROBABILITY,
+    CliOption,
+    FlipOp,
+    LinearOp,
+    Op,
+    PixelOp,
+    ShiftOp,
+    ops,
+    preset_names,
+    register_op,
+    registered,
+    unregister_op,
+)
+from imgrec.augment.preview import describe, preview_grid, save_preview
+from imgrec.augment.transforms import (
+    TransformParams,
+    apply_transforms,
+    augment_batch,
+    inverse_matrices,
+    random_transforms,
+)
+from imgrec.augment.transforms import _warp as _warp  # tests resample with exact parameters
+from imgrec.augment.udf import Augmenter
+
+__all__ = [
+    "FLIP_PROBABILITY", "Augmenter", "CliOption", "FlipOp", "LinearOp", "Op", "PixelOp", "ShiftOp",
+    "TransformParams", "apply_transforms", "augment_batch", "describe", "inverse_matrices", "ops",
+    "preset_names", "preview_grid", "random_transforms", "register_op", "registered", "save_preview",
+    "unregister_op",
+]
