@@ -16,7 +16,7 @@ from imgrec.cli_options import parse_size
 from imgrec.cli_predict import predict_command
 from imgrec.cli_train import train_command, transfer_command
 from imgrec.cli_tune import tune_command
-from imgrec.config import AugmentConfig, ConfigError, DecodeConfig, replace
+from imgrec.config import AugmentConfig, DecodeConfig, replace
 from imgrec.demo import run_demo
 from imgrec.predict import describe_one
 from imgrec.runtime import ensure_ray
@@ -148,11 +148,13 @@ def augment_preview(
     image: str = typer.Argument(..., help="Image file or s3:// URI."),
     out: str = typer.Option("augment_preview.png", "--out", "-o", help="PNG to write (local or s3://)."),
     n: int = typer.Option(8, "-n", help="Number of augmented samples (one row)."),
-    preset: str = typer.Option("course", help="Starting point: none | light | course; options below override it."),
+    preset: str = typer.Option("course", help=f"Starting point: {' | '.join(augment.preset_names())}; options "
+                               "below override it."),
     # ... here one option per augmentation op field (_OpOptions) ...
     fill_mode: str = typer.Option(None, help="nearest | constant | reflect | wrap. Default: from --preset."),
     cval: int = typer.Option(None, help="Fill value for --fill-mode constant. Default: from --preset."),
-    size: str = typer.Option(None, help="Decode size HEIGHTxWIDTH (default: own aspect, longer side 256)."),
+    image_size: str = typer.Option(None, help="Decode size, N or HxW (height x width); unset: the image's own "
+                                   "aspect, longer side 256."),
     seed: int = typer.Option(None, help="Same seed, same grid."),
     **op_values,
 ) -> None:
@@ -165,13 +167,7 @@ def augment_preview(
             for option in op.options:
                 changes.update(option.changes(op_values.get(option.field)))
         cfg = replace(base, **changes)
-        image_size = None
-        if size:
-            try:
-                image_size = tuple(int(v) for v in size.lower().split("x"))
-            except ValueError:
-                raise ConfigError(f"--size must be HEIGHTxWIDTH, e.g. 128x128, got {size!r}") from None
-        written = augment.save_preview(image, out, cfg, n=n, image_size=image_size, seed=seed)
+        written = augment.save_preview(image, out, cfg, n=n, image_size=parse_size(image_size), seed=seed)
     typer.echo(f"wrote {written} ({n} samples: {augment.describe(cfg)})")
 
 

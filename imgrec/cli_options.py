@@ -155,7 +155,7 @@ def command(root: type, options: Sequence[Option], run: Callable[[dict[str, Any]
     (its type, default, help and choices as above); it calls ``run(values)``."""
     params, annotations = [], {}
     for opt in options:
-        kind = opt.kind or _field_type(root, opt.paths[0])
+        kind = opt.kind or (str if opt.choices else _field_type(root, opt.paths[0]))
         default = cli_default(root, opt)
         if opt.choices:
             kind = enum.Enum(opt.name.title().replace("_", ""), {v: v for v in opt.choices}, type=str)

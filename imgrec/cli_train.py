@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from imgrec.augment import preset_names
 from imgrec.cli_common import clear_errors
 from imgrec.cli_options import Option, build, command, parse_freeze, parse_size
 from imgrec.config import LR_SCHEDULES, OPTIMIZERS, RESIZE_MODES, AugmentConfig, TrainConfig
@@ -31,8 +32,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("resize", ("data.decode.resize",), "How images reach the model size.", choices=RESIZE_MODES),
     Option("validation_split", ("data.validation_split",), "Fraction held out for validation."),
     Option("split_seed", ("data.split_seed",), "Seed of the deterministic split."),
-    Option("augment", ("augment",), "Augmentation preset: none | light | course.", default="light", kind=str,
-           parse=AugmentConfig.preset),
+    Option("augment", ("augment",), "Augmentation preset (each op declares its part of each).", default="light",
+           choices=tuple(preset_names()), parse=AugmentConfig.preset),
     Option("workers", ("workers",), "Ray Train workers: auto (one per GPU, else one per node, sized to its "
            "cores) or a count.", kind=str),
     Option("cpus_per_worker", ("cpus_per_worker",), "CPUs per worker, with a worker count."),

@@ -42,7 +42,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
            kind=str, parse=parse_list(int, "--batch-sizes")),
     Option("augment_presets", ("augment_presets",), "Presets to try, e.g. none,light,course (unset: --augment).",
            kind=str, parse=parse_list(str, "--augment-presets")),
-    _base("augment", help="Augmentation preset when not swept: none | light | course."),
+    _base("augment", help="Augmentation preset when not swept."),
     _base("batch_size", help="GLOBAL batch size when not swept."),
     _base("workers", help="Ray Train workers per trial: auto (the cores shared by the trials running at once) "
           "or a count."),

@@ -23,6 +23,8 @@ def test_version_flag():
     (["train", "--data", "/nowhere", "--resize", "fit"], "--resize"),
     (["tune", "--data", "/nowhere", "--search", "bayes"], "--search"),
     (["tune", "--data", "/nowhere", "--scheduler", "pbt"], "--scheduler"),
+    (["train", "--data", "/nowhere", "--augment", "heavy"], "--augment"),
+    (["tune", "--data", "/nowhere", "--head", "wide"], "--head"),
 ])
 def test_enumerated_options_are_refused_by_the_parser(args, option):
     result = CliRunner().invoke(app, args)
@@ -116,6 +118,19 @@ def test_one_image_size_syntax_and_the_old_forms_still_work(tmp_path):
         assert ("deprecated; use --image-size 40x48" in result.output) is note
         first = next((out / "train").rglob("*.jpg"))
         assert image_info(first.read_bytes())[:2] == (48, 40)  # width, height
+
+    from PIL import Image
+
+    src = tmp_path / "photo.png"
+    Image.new("RGB", (50, 50), (90, 120, 200)).save(src)
+    for flag, note in (("--image-size", False), ("--size", True)):  # --size: augment preview's old name
+        grid = tmp_path / f"grid{flag}.png"
+        result = CliRunner().invoke(app, ["augment", "preview", str(src), "--out", str(grid), "-n", "2",
+                                          flag, "30x60"])
+        assert result.exit_code == 0, result.output
+        assert ("--size is deprecated; use --image-size" in result.output) is note
+        with Image.open(grid) as im:  # two 30x60 (h x w) samples side by side: 4:1
+            assert im.width / im.height == pytest.approx(4, rel=0.05)
 
     bad = CliRunner().invoke(app, ["train", "--data", "/d", "--image-size", "0x5"])
     assert bad.exit_code == 2 and "image size '0x5': use N or HxW" in bad.output
