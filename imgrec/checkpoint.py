@@ -37,8 +37,8 @@ from imgrec import storage
 from imgrec.layout import CheckpointLayout, cache_dir
 from imgrec.version import __version__
 
-MODEL_FILE = CheckpointLayout.MODEL
-MANIFEST_FILE = CheckpointLayout.MANIFEST
+MODEL_FILE = CheckpointLayout.model.name
+MANIFEST_FILE = CheckpointLayout.manifest.name
 FORMAT = "imgrec-checkpoint/1"
 
 log = logging.getLogger(__name__)

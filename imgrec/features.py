@@ -805,7 +805,7 @@ def write_report(result: BaselineResult, out: str) -> dict[str, str]:
     if storage.is_s3(out):
         storage.check_bucket(out)
     layout = BaselineLayout(out)
-    uris = {layout.RESULT: layout.result, layout.BOUNDARY_PLOT: layout.boundary_plot, layout.REPORT: layout.report}
+    uris = {f.name: getattr(layout, attr) for attr, f in BaselineLayout.files().items()}
     storage.atomic_write(layout.boundary_plot, decision_boundary_png(result))
     storage.atomic_write(layout.result, json.dumps(result.to_dict(), indent=1))
 
@@ -825,7 +825,7 @@ def write_report(result: BaselineResult, out: str) -> dict[str, str]:
         ("Verdict", f"<p><b>{html.escape(result.verdict)}</b></p>"),
         ("Accuracy", "<table><tr><th>model</th><th>accuracy</th><th>split</th><th>images</th></tr>"
                      f"{compare}</table>"),
-        ("Decision boundary", f"<img src='{layout.BOUNDARY_PLOT}' alt='two features and the learned boundary'>"),
+        ("Decision boundary", f"<img src='{BaselineLayout.boundary_plot.name}' alt='two features and the learned boundary'>"),
         ("Per class", f"<table><tr><th>class</th><th>accuracy</th></tr>{per_class}</table>"),
         ("Features", "<p>" + html.escape(", ".join(result.features)) + "</p>"),
     ]

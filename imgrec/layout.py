@@ -8,7 +8,8 @@
 * ``cache_dir``: the one per-node download cache (checkpoints and weights files),
   under ``$IMGREC_CACHE`` (default ``~/.cache/imgrec``).
 
-A new artefact is a property here plus the code that writes it; nothing else
+A new artefact is one entry in a layout's ``files={attr: name}`` here (from outside imgrec:
+``RunLayout.add_file(attr, name)``) plus the code that writes it; nothing else
 spells a file name. Only ``imgrec.storage`` (no Keras, TensorFlow or Ray) is imported.
 """
 
@@ -34,7 +35,8 @@ def cache_dir(kind: str) -> str:
 
 
 class _child:
-    """A file or folder directly under a layout's folder: its URI, read on an instance."""
+    """A file or folder directly under a layout's folder: its URI on an instance,
+    itself on the class (``RunLayout.history.name`` is the file name)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -47,97 +49,91 @@ class _child:
 class _Folder:
     uri: str
 
+    def __init_subclass__(cls, files: dict[str, str] | None = None, **kwargs) -> None:
+        # class RunLayout(_Folder, files={"history": "history.json"}): RunLayout(uri).history
+        super().__init_subclass__(**kwargs)
+        for attr, name in (files or {}).items():
+            setattr(cls, attr, _child(name))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "uri", storage.normalize(self.uri))
 
-
-@dataclass(frozen=True)
-class CheckpointLayout(_Folder):
-    """A checkpoint folder: ``model.keras``, then ``manifest.json`` written last."""
-
-    MODEL = "model.keras"
-    MANIFEST = "manifest.json"
-
-    model = _child(MODEL)
-    manifest = _child(MANIFEST)
-
-
-@dataclass(frozen=True)
-class RunLayout(_Folder):
-    """``<storage>/<run name>/``: Ray's ``checkpoint_*/`` folders plus imgrec's own files."""
-
-    HISTORY = "history.json"
-    EVALUATION = "evaluation.json"
-    REPORT = "report.html"
-    HISTORY_PLOT = "history.png"
-    CONFUSION_PLOT = "confusion.png"
-    TIMING_PLOT = "timing.png"
-    TENSORBOARD = "tensorboard"
-    REPLICAS = "replicas"
-    FAULT_MARKER = ".fault-injected"  # written by the test-only fault hook
+    @classmethod
+    def of(cls, storage_uri: str, name: str):
+        """The folder ``<storage>/<name>/`` (a run, a sweep)."""
+        return cls(storage.join(storage_uri, name))
 
     @classmethod
-    def of(cls, storage_uri: str, run_name: str) -> RunLayout:
-        return cls(storage.join(storage_uri, run_name))
+    def add_file(cls, attr: str, name: str) -> None:
+        """A new file (or folder) in every folder of this layout, from anywhere:
+        ``RunLayout.add_file("profile", "profile.json")``, then ``RunLayout(uri).profile``.
+        Adding the same one again is a no-op, so a hook can add it where it runs
+        (a Ray worker imports imgrec afresh)."""
+        existing = getattr(cls, attr, None)
+        if isinstance(existing, _child) and existing.name == name:
+            return
+        if existing is not None or name in {c.name for c in cls.files().values()}:
+            raise ValueError(f"{cls.__name__} already has {attr!r} or a file named {name!r}; pick other names")
+        setattr(cls, attr, _child(name))
+
+    @classmethod
+    def remove_file(cls, attr: str) -> None:
+        if isinstance(cls.__dict__.get(attr), _child):
+            delattr(cls, attr)
+
+    @classmethod
+    def files(cls) -> dict[str, _child]:
+        """Every file this layout names, by attribute."""
+        return {k: v for klass in reversed(cls.__mro__) for k, v in vars(klass).items() if isinstance(v, _child)}
+
+
+@dataclass(frozen=True)
+class CheckpointLayout(_Folder, files={
+    "model": "model.keras", "manifest": "manifest.json",
+}):
+    """A checkpoint folder: ``model.keras``, then ``manifest.json`` written last."""
+
+
+@dataclass(frozen=True)
+class RunLayout(_Folder, files={
+    "history": "history.json", "evaluation": "evaluation.json", "report": "report.html",
+    "history_plot": "history.png", "confusion_plot": "confusion.png",
+    "timing_plot": "timing.png", "tensorboard": "tensorboard", "replicas": "replicas",
+    "fault_marker": ".fault-injected",
+}):
+    """``<storage>/<run name>/``: Ray's ``checkpoint_*/`` folders plus imgrec's own files.
+    ``replicas/`` holds each rank's digest of its final weights; ``.fault-injected`` is
+    written by the test-only fault hook."""
 
     @property
     def name(self) -> str:
         return storage.basename(self.uri)
 
-    history = _child(HISTORY)
-    evaluation = _child(EVALUATION)
-    report = _child(REPORT)
-    history_plot = _child(HISTORY_PLOT)
-    confusion_plot = _child(CONFUSION_PLOT)
-    timing_plot = _child(TIMING_PLOT)
-    tensorboard = _child(TENSORBOARD)
-    fault_marker = _child(FAULT_MARKER)
-
     def replica(self, rank: int) -> str:
         """Rank ``rank``'s digest of its final weights."""
-        return storage.join(self.uri, self.REPLICAS, f"rank-{rank}.json")
+        return storage.join(self.replicas, f"rank-{rank}.json")
 
 
 @dataclass(frozen=True)
-class SweepLayout(_Folder):
-    """``<storage>/<sweep name>/``: the sweep's config and results, a run per trial."""
-
-    CONFIG = "sweep.json"
-    BEST = "best.json"
-    RESULTS_CSV = "results.csv"
-    RESULTS_PARQUET = "results.parquet"
-    PLOT = "sweep.png"
-    EVALUATION = "evaluation.json"
-    TRIALS = "trials"
-
-    @classmethod
-    def of(cls, storage_uri: str, sweep_name: str) -> SweepLayout:
-        return cls(storage.join(storage_uri, sweep_name))
-
-    config = _child(CONFIG)
-    best = _child(BEST)
-    results_csv = _child(RESULTS_CSV)
-    results_parquet = _child(RESULTS_PARQUET)
-    plot = _child(PLOT)
-    evaluation = _child(EVALUATION)
-    trials = _child(TRIALS)  # the storage of the trials' runs (each trial is a run named after it)
+class SweepLayout(_Folder, files={
+    "config": "sweep.json", "best": "best.json", "results_csv": "results.csv",
+    "results_parquet": "results.parquet", "plot": "sweep.png", "evaluation": "evaluation.json",
+    "trials": "trials",
+}):
+    """``<storage>/<sweep name>/``: the sweep's config and results, a run per trial
+    (``trials/`` is the storage of the trials' runs, each named after its trial)."""
 
     def trial(self, trial_name: str) -> RunLayout:
         return RunLayout.of(self.trials, trial_name)
 
 
 @dataclass(frozen=True)
-class PredictionLayout(_Folder):
+class PredictionLayout(_Folder, files={
+    "predictions": "predictions", "summary": "summary.json", "job": "_job.json",
+}):
     """A batch-prediction output prefix."""
 
-    PREDICTIONS = "predictions"
-    SUMMARY = "summary.json"
-    JOB = "_job.json"
     PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
-
-    predictions = _child(PREDICTIONS)
-    summary = _child(SUMMARY)
-    job = _child(JOB)
 
     @classmethod
     def part_name(cls, digest: str) -> str:
@@ -159,13 +155,9 @@ class PredictionLayout(_Folder):
 
 
 @dataclass(frozen=True)
-class BaselineLayout(_Folder):
+class BaselineLayout(_Folder, files={
+    "result": "baseline.json", "boundary_plot": "decision_boundary.png",
+    "report": "baseline.html",
+}):
     """The hand-made-feature baseline's output folder."""
 
-    RESULT = "baseline.json"
-    BOUNDARY_PLOT = "decision_boundary.png"
-    REPORT = "baseline.html"
-
-    result = _child(RESULT)
-    boundary_plot = _child(BOUNDARY_PLOT)
-    report = _child(REPORT)

@@ -81,7 +81,7 @@ def _timing_section(run: RunLayout, result) -> str:
     rows = [[h["epoch"], h.get("epoch_time_s", ""), *timing.epoch_breakdown(h).values()] for h in result.history]
     names = list(timing.epoch_breakdown(result.history[0])) if result.history else []
     startup = _table([[_phase_label(k), v] for k, v in result.startup.items()], ["start-up phase", "seconds"])
-    return (f"<img src='{run.TIMING_PLOT}' alt='time per epoch, by phase'>"
+    return (f"<img src='{RunLayout.timing_plot.name}' alt='time per epoch, by phase'>"
             + _table(rows, ["epoch", "epoch s", *(_phase_label(n) for n in names)]) + startup)
 
 
@@ -138,7 +138,7 @@ def write_run_report(result, cfg) -> str:
     if result.history:
         storage.atomic_write(run.history_plot, history_png(result.history))
         keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s"]
-        sections.append(("Training curves", f"<img src='{run.HISTORY_PLOT}' alt='loss and accuracy curves'>"
+        sections.append(("Training curves", f"<img src='{RunLayout.history_plot.name}' alt='loss and accuracy curves'>"
                          + _table([[h.get(k, "") for k in keys] for h in result.history], keys)))
     if result.history and "epoch_time_s" in result.history[0]:
         storage.atomic_write(run.timing_plot, timing_png(result.history))
@@ -146,7 +146,7 @@ def write_run_report(result, cfg) -> str:
     if test:
         storage.atomic_write(run.confusion_plot, confusion_png(test["confusion"], test["class_names"]))
         rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]
-        sections.append(("Confusion matrix", f"<img src='{run.CONFUSION_PLOT}' alt='confusion matrix'>"
+        sections.append(("Confusion matrix", f"<img src='{RunLayout.confusion_plot.name}' alt='confusion matrix'>"
                          + _table(rows, ["class", "precision", "recall", "support"])))
     if result.restarts:
         epochs = ", ".join(str(r["from_epoch"]) for r in result.restarts)

@@ -120,8 +120,8 @@ def _layout_names() -> set[str]:
     names = set()
     for cls in (layout.RunLayout, layout.CheckpointLayout, layout.SweepLayout, layout.PredictionLayout,
                 layout.BaselineLayout):
-        names |= {v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str) and "." in v[1:]}
-    return names | {layout.RunLayout.REPLICAS, layout.RunLayout.TENSORBOARD, layout.SweepLayout.TRIALS}
+        names |= {f.name for f in cls.files().values() if "." in f.name[1:]}
+    return names | {layout.RunLayout.replicas.name, layout.RunLayout.tensorboard.name, layout.SweepLayout.trials.name}
 
 
 def test_artefact_names_are_spelled_only_in_the_layout_module():

@@ -14,9 +14,9 @@ from imgrec.predict.chunks import Plan
 from imgrec.predict.columns import Column, output_schema, schema_record
 from imgrec.predict.errors import PredictError
 
-PREDICTIONS_DIR = PredictionLayout.PREDICTIONS
-SUMMARY_FILE = PredictionLayout.SUMMARY
-JOB_FILE = PredictionLayout.JOB
+PREDICTIONS_DIR = PredictionLayout.predictions.name
+SUMMARY_FILE = PredictionLayout.summary.name
+JOB_FILE = PredictionLayout.job.name
 FORMAT = "imgrec-predictions/1"
 
 

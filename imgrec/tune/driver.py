@@ -29,8 +29,8 @@ from imgrec.tune.space import (
     trial_config,
 )
 
-TRIALS_DIR = SweepLayout.TRIALS
-SWEEP_FILE = SweepLayout.CONFIG
+TRIALS_DIR = SweepLayout.trials.name
+SWEEP_FILE = SweepLayout.config.name
 # Trial drivers only wait on their Train run, so they take no CPU. Tune refuses
 # an empty resource request ({"CPU": 0} alone raises), so they ask for a nominal
 # 1 MiB of memory instead: a non-empty request that leaves every CPU to Train.

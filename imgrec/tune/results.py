@@ -21,7 +21,7 @@ from imgrec.train import read_history, run_uri
 from imgrec.tune.space import sweep_layout, sweep_uri, trial_config
 
 METRIC, MODE = "val_accuracy", "max"
-BEST_FILE = SweepLayout.BEST
+BEST_FILE = SweepLayout.best.name
 TABLE_COLUMNS = [
     "rank", "trial", "freeze_depth", "learning_rate", "batch_size", "augment", "best_val_accuracy",
     "epochs", "wall_time_s", "status", "error", "checkpoint", "run",
