@@ -186,11 +186,48 @@ def hook_traces(tmp_path_factory):
     return tmp_path_factory.mktemp("hook-traces")
 
 
+class RunSummary:
+    """A run-folder artefact added from outside imgrec, as ``docs/architecture.md``
+    says: one ``RunLayout.add_file`` entry plus the hook that writes it (rank 0, when
+    training ends). ``test_extension_points`` reads it from the shared run."""
+
+    name = "summary"
+    hook_list = None
+
+    def __init__(self):
+        from imgrec.layout import RunLayout
+
+        RunLayout.add_file("summary", "summary.json")
+
+    def on_train_begin(self, loop):
+        type(loop.run).add_file("summary", "summary.json")  # a Ray worker imported imgrec afresh
+
+    def on_epoch_begin(self, loop, epoch):
+        pass
+
+    def on_train_batch_end(self, loop, step, totals):
+        pass
+
+    def on_epoch_end(self, loop, epoch, metrics):
+        pass
+
+    def on_train_end(self, loop):
+        import json
+
+        from imgrec import storage
+
+        if loop.rank == 0:
+            best = max(loop.history, key=lambda h: h["val_accuracy"])
+            storage.atomic_write(loop.run.summary, json.dumps({
+                "epochs": len(loop.history), "best_epoch": best["epoch"],
+                "best_val_accuracy": best["val_accuracy"]}))
+
+
 @pytest.fixture(scope="session")
 def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces):
     """2-worker training with checkpoints in S3; a worker is killed in epoch 2 and
     Ray Train restarts the group from the last checkpoint. Every rank records the
-    hooks it ran (``HookTrace``)."""
+    hooks it ran (``HookTrace``); rank 0 writes ``summary.json`` (``RunSummary``)."""
     from ray import cloudpickle
 
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
@@ -218,4 +255,4 @@ def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces):
     )
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with fault_injection("crash", epoch=2, runs=["shared"]):  # the last worker dies at the start of epoch 2
-        return cfg, train(cfg, hooks=[HookTrace(str(hook_traces))])
+        return cfg, train(cfg, hooks=[HookTrace(str(hook_traces)), RunSummary()])

@@ -3,7 +3,8 @@
 
 So far: a backbone from anywhere is one registry entry (and the registry looks
 names up without importing Keras or TensorFlow); a prediction output column is
-one ``Column``; an augmentation op is one class plus its config field."""
+one ``Column``; an augmentation op is one class plus its config field; a file in
+a run folder is one ``RunLayout.add_file`` entry plus the hook that writes it."""
 
 from __future__ import annotations
 
@@ -230,3 +231,28 @@ def test_an_augmentation_op_is_one_class_and_one_config_field():
 
     assert augment.ops() == before
     assert "channel_gains" not in augment.TransformParams.identity(2).values
+
+
+def test_a_run_folder_file_is_one_layout_entry_and_a_hook(trained_run):
+    """The shared run carried ``conftest.RunSummary``: ``RunLayout.add_file`` from
+    outside imgrec plus a hook; rank 0 wrote ``summary.json`` into the run folder
+    (on S3, after a worker-group restart) from the restored and new epochs."""
+    import json
+
+    from imgrec import storage
+    from imgrec.hooks import read_history
+    from imgrec.layout import RunLayout
+
+    _, result = trained_run
+    run = RunLayout(result.run_uri)
+    assert RunLayout.summary.name == "summary.json" and run.summary == f"{result.run_uri}/summary.json"
+    summary = json.loads(storage.read_text(run.summary))
+    epochs = read_history(result.run_uri)["epochs"]
+    best = max(epochs, key=lambda h: h["val_accuracy"])
+    assert summary == {"epochs": len(epochs), "best_epoch": best["epoch"],
+                       "best_val_accuracy": pytest.approx(best["val_accuracy"])}
+    RunLayout.add_file("summary", "summary.json")  # again: a no-op
+    with pytest.raises(ValueError, match="already has 'history'"):
+        RunLayout.add_file("history", "other.json")
+    with pytest.raises(ValueError, match="a file named 'report.html'"):
+        RunLayout.add_file("page", "report.html")
