@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 
+import pyarrow.fs as pafs
 import pytest
 
 from imgrec import storage
@@ -358,7 +359,7 @@ def test_unpickled_filesystem_still_reaches_the_endpoint(bucket):
 
 
 def test_boto3_client_is_shared_across_threads_and_renewed_on_env_change(s3_server, monkeypatch):
-    monkeypatch.setattr(storage, "_clients", {})
+    monkeypatch.setattr(storage.clients, "_clients", {})
     barrier = threading.Barrier(8)
 
     def make():
@@ -420,7 +421,7 @@ def busy_endpoint():
 
 def test_pyarrow_and_boto3_share_one_retry_policy_also_after_pickling(busy_endpoint, monkeypatch):
     # 4 attempts (pyarrow's own default is 3) keeps the backoff of this test short.
-    monkeypatch.setattr(storage, "MAX_ATTEMPTS", 4)
+    monkeypatch.setattr(storage.clients, "MAX_ATTEMPTS", 4)
     url, requests = busy_endpoint
     fs = pickle.loads(pickle.dumps(storage.s3_filesystem(url)))  # as Ray's workers get it
     with pytest.raises(OSError):
@@ -430,7 +431,7 @@ def test_pyarrow_and_boto3_share_one_retry_policy_also_after_pickling(busy_endpo
     with pytest.raises(Exception, match="503"):
         storage.boto3_client(url).head_object(Bucket="b", Key="k")
     assert len(requests) == 4
-    state = storage.pafs.S3FileSystem.__reduce__(fs)[1][0]
+    state = pafs.S3FileSystem.__reduce__(fs)[1][0]
     assert state["request_timeout"] == storage.READ_TIMEOUT_S
     assert state["connect_timeout"] == storage.CONNECT_TIMEOUT_S
     assert state["endpoint_override"] == url and state["region"] and state["access_key"] is None
