@@ -72,23 +72,14 @@ def train_baseline(
     plot_acc = float((plot_model.predict(xy[eval_rows]) == truth).mean())
 
     result = BaselineResult(
-        source=table.source,
-        class_names=list(table.class_names),
-        features=names,
-        split=split,
-        accuracy=accuracy,
-        chance=chance,
-        p_value=p,
-        separated=separated,
-        verdict=verdict,
-        per_class_accuracy=per_class,
-        confusion=confusion.tolist(),
-        counts={"train": int(len(fit_rows)), split: int(len(eval_rows))},
-        model=model,
+        source=table.source, class_names=list(table.class_names), features=names, split=split,
+        accuracy=accuracy, chance=chance, p_value=p, separated=separated, verdict=verdict,
+        per_class_accuracy=per_class, confusion=confusion.tolist(),
+        counts={"train": int(len(fit_rows)), split: int(len(eval_rows))}, model=model,
         train_accuracy=float((model.predict(x[fit_rows]) == y[fit_rows]).mean()),
-        plot={"features": plot_names, "accuracy": plot_acc, "model": plot_model, "x": xy, "y": y, "fit_rows": fit_rows, "eval_rows": eval_rows},
-        bad_files=list(table.bad_files),
-        cnn=cnn,
+        plot={"features": plot_names, "accuracy": plot_acc, "model": plot_model, "x": xy, "y": y,
+              "fit_rows": fit_rows, "eval_rows": eval_rows},
+        bad_files=list(table.bad_files), cnn=cnn,
     )
     if out:
         result.outputs = write_report(result, out)
