@@ -3,11 +3,18 @@
 #
 #   terraform -chdir=infra init && terraform -chdir=infra apply
 #
-# Bucket layout and what the cluster may do there (see the IAM policy below):
-#   data/ weights/                          read only
-#   runs/ sweeps/ predictions/ scratch/     read, write, delete (checkpoint pruning deletes)
-# A best.json under runs/ or sweeps/ points at live checkpoints, so no rule in
-# this file ever expires a *current* object under runs/ or sweeps/.
+# Bucket layout and what each role may do there (policies s3_head, s3_worker):
+#   prefix                  head (drivers, Tune, autoscaler)   workers (Train/Data/trial drivers)
+#   data/ weights/          read                               read
+#   runs/                   read, write, delete                read, write; delete only runs/*/checkpoint_*/
+#   sweeps/                 read, write, delete                read; write only sweeps/*/trials/* (and the
+#                                                              empty folder markers pyarrow creates);
+#                                                              delete only sweeps/*/trials/*/checkpoint_*/
+#   predictions/ scratch/   read, write, delete                nothing
+# Workers may never write Ray Tune's state files (*.pkl, *-state-*.json): Tune
+# unpickles them on the head when a sweep is resumed. Every upload must use the
+# bucket's KMS key (bucket policy). A best.json under runs/ or sweeps/ points at
+# live checkpoints, so no rule in this file ever expires a *current* object there.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
@@ -46,7 +53,7 @@ resource "aws_kms_alias" "bucket" {
 # statement the key would be unmanageable.
 data "aws_iam_policy_document" "kms_key" {
   #checkov:skip=CKV_AWS_109:A key policy's Resource "*" means "this key"; delegating to the account's IAM is the AWS default key policy.
-  #checkov:skip=CKV_AWS_111:Same: "*" in a key policy is this key only; who may encrypt/decrypt is decided by IAM (policy s3_access).
+  #checkov:skip=CKV_AWS_111:Same: "*" in a key policy is this key only; who may encrypt/decrypt is decided by IAM (policies s3_head, s3_worker).
   #checkov:skip=CKV_AWS_356:Same: "*" in a key policy is this key only, not every resource.
   statement {
     sid       = "AccountAdministersKeyViaIAM"
@@ -157,7 +164,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "main" {
   depends_on = [aws_s3_bucket_versioning.main]
 }
 
-# TLS only (and TLS 1.2+): plain-HTTP requests are denied for everyone.
+# TLS only (and TLS 1.2+): plain-HTTP requests are denied for everyone; so are
+# uploads that bypass the bucket's KMS key.
 data "aws_iam_policy_document" "main_bucket" {
   statement {
     sid       = "DenyInsecureTransport"
@@ -187,6 +195,67 @@ data "aws_iam_policy_document" "main_bucket" {
       test     = "NumericLessThan"
       variable = "s3:TlsVersion"
       values   = ["1.2"]
+    }
+  }
+
+  # Every object is encrypted with the bucket key. An upload that names no
+  # encryption gets the bucket default (SSE-KMS with this key), so only uploads
+  # that ask for something else are refused: SSE-S3 or DSSE, another KMS key,
+  # or customer-provided keys (SSE-C, which KMS never sees). The key header is
+  # compared as a key ARN: name the key by ARN, or leave the header out.
+  statement {
+    sid       = "DenyUploadsNotUsingSseKms"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.main.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["false"]
+    }
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption"
+      values   = ["aws:kms"]
+    }
+  }
+  statement {
+    sid       = "DenyUploadsWithAnotherKmsKey"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.main.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = ["false"]
+    }
+    condition {
+      test     = "StringNotEquals"
+      variable = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+      values   = [aws_kms_key.bucket.arn]
+    }
+  }
+  statement {
+    sid       = "DenyUploadsWithCustomerKeys"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.main.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Null"
+      variable = "s3:x-amz-server-side-encryption-customer-algorithm"
+      values   = ["false"]
     }
   }
 }
@@ -308,27 +377,45 @@ resource "aws_s3_bucket_policy" "logs" {
 
 # --------------------------------------------------------------------------- what the cluster may do in S3
 #
-# Prefixes are spelled out, not generated, so that a reviewer (and
-# tests/test_cluster_infra.py) sees exactly what is granted where.
+# Two policies: s3_head for the head node (job drivers, the Tune driver, Ray
+# Train's controller for `imgrec train`, batch prediction's driver, reports)
+# and s3_worker for worker nodes (Ray Data, Train workers, and Tune's per-trial
+# drivers, which may be placed on any node together with their Train
+# controller). Prefixes are spelled out, not generated, so that a reviewer (and
+# tests/test_iam_policy.py, which evaluates them) sees exactly what is granted
+# where.
+#
+# Listing: s3:ListBucket also authorises HeadBucket, which carries no s3:prefix.
+# pyarrow's create_dir(recursive) starts with HeadBucket and fails on a 403
+# (Ray Train creates every run and checkpoint folder that way), so a request
+# without a prefix must stay allowed ("HeadBucket" below). IAM cannot tell it
+# apart from a ListObjects call that sends no prefix: such a call lists every
+# key name in the bucket (names only; reading still needs s3:GetObject on the
+# prefix). Every listing *with* a prefix is limited to the role's own prefixes.
 
-data "aws_iam_policy_document" "s3_access" {
-  # Listing is limited to the six prefixes. "IfExists" because HeadBucket
-  # (pyarrow's create_dir, imgrec.storage.check_bucket) is authorised as
-  # s3:ListBucket but carries no prefix: a plain StringLike would deny it and
-  # Ray Train could not create its run folder. The bucket holds nothing but
-  # these prefixes, all of which this role may read.
+data "aws_iam_policy_document" "s3_head" {
   statement {
     sid       = "ListOwnPrefixes"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.main.arn]
     condition {
-      test     = "StringLikeIfExists"
+      test     = "StringLike"
       variable = "s3:prefix"
       values = [
         "data", "data/*", "weights", "weights/*",
         "runs", "runs/*", "sweeps", "sweeps/*",
         "predictions", "predictions/*", "scratch", "scratch/*",
       ]
+    }
+  }
+  statement {
+    sid       = "HeadBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.main.arn]
+    condition {
+      test     = "Null"
+      variable = "s3:prefix"
+      values   = ["true"]
     }
   }
 
@@ -342,10 +429,11 @@ data "aws_iam_policy_document" "s3_access" {
     ]
   }
 
-  # Outputs: checkpoints, metrics, reports, sweep results, predictions. Delete is
-  # needed for checkpoint pruning; it only adds a delete marker (no
-  # s3:DeleteObjectVersion), so a pruned checkpoint stays recoverable for
-  # var.noncurrent_version_days. Multipart actions: large checkpoint uploads.
+  # Outputs: reports, best.json, sweep results and Tune's state, predictions.
+  # Delete: checkpoint pruning of `imgrec train` runs (Train's controller runs
+  # on the driver's node), --overwrite, stale prediction parts. It only adds a
+  # delete marker (no s3:DeleteObjectVersion), so whatever is deleted stays
+  # recoverable for var.noncurrent_version_days. Multipart: large uploads.
   statement {
     sid = "ReadWriteOutputs"
     actions = [
@@ -392,10 +480,140 @@ data "aws_iam_policy_document" "s3_access" {
   }
 }
 
-resource "aws_iam_policy" "s3_access" {
-  name        = "${var.name_prefix}-s3-access"
-  description = "imgrec Ray cluster: read data/ and weights/, read/write/delete runs/ sweeps/ predictions/ scratch/"
-  policy      = data.aws_iam_policy_document.s3_access.json
+# Workers. What they write, and why:
+#  * runs/<run>/: Train rank 0 uploads checkpoint_*/ and writes history.json,
+#    tensorboard/, replicas/ (every rank) and the fault marker; a Train
+#    controller placed on a worker (a driver submitted with entrypoint
+#    resources) writes .validate_storage_marker, checkpoint_manager_snapshot.json
+#    and prunes checkpoint_*/.
+#  * sweeps/<sweep>/trials/<trial>/: the same per trial, plus what the trial's
+#    driver writes (evaluation, report, plots) and its controller's pruning:
+#    Tune places trial drivers on any node.
+#  * the empty "folder" objects pyarrow's create_dir PUTs for every parent
+#    (sweeps/, sweeps/<sweep>/, sweeps/<sweep>/trials/); a 403 on one fails
+#    the upload. A key ending in "/" is never a file Tune reads.
+# Nothing else: sweep.json, best.json, the results and Tune's experiment state
+# (top level of the sweep folder) come from the sweep driver on the head, and
+# predictions from the prediction driver.
+data "aws_iam_policy_document" "s3_worker" {
+  statement {
+    sid       = "ListOwnPrefixes"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.main.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values = [
+        "data", "data/*", "weights", "weights/*",
+        "runs", "runs/*", "sweeps", "sweeps/*",
+      ]
+    }
+  }
+  statement {
+    sid       = "HeadBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.main.arn]
+    condition {
+      test     = "Null"
+      variable = "s3:prefix"
+      values   = ["true"]
+    }
+  }
+
+  # Images, weights, and checkpoints to restore from or predict with.
+  statement {
+    sid     = "ReadInputsAndCheckpoints"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/data/*",
+      "${aws_s3_bucket.main.arn}/weights/*",
+      "${aws_s3_bucket.main.arn}/runs/*",
+      "${aws_s3_bucket.main.arn}/sweeps/*",
+    ]
+  }
+
+  statement {
+    sid = "WriteRunsAndTrials"
+    actions = [
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = [
+      "${aws_s3_bucket.main.arn}/runs/*",
+      "${aws_s3_bucket.main.arn}/sweeps/*/trials/*",
+      "${aws_s3_bucket.main.arn}/sweeps/",
+      "${aws_s3_bucket.main.arn}/sweeps/*/",
+    ]
+  }
+
+  # Ray's checkpoint pruning (delete_dir of checkpoint_<time>/: its objects
+  # and its folder marker). checkpoint_*/* does not match the controller's
+  # checkpoint_manager_snapshot.json beside the folders.
+  statement {
+    sid     = "PruneCheckpoints"
+    actions = ["s3:DeleteObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/runs/*/checkpoint_*/*",
+      "${aws_s3_bucket.main.arn}/sweeps/*/trials/*/checkpoint_*/*",
+    ]
+  }
+
+  # Ray Tune's state, which the head unpickles on `imgrec tune --resume` (and,
+  # for error.pkl, when it reads the results): tuner.pkl, searcher-state-*.pkl,
+  # callback-states-*.pkl, <trial>/error.pkl, and the cloudpickled .json files
+  # experiment_state-*, basic-variant-state-*, search_gen_state-*. Tune reads
+  # them only at the top of the sweep folder, where the Allow above grants
+  # workers nothing; this Deny, bucket-wide, also covers a sweep stored under
+  # runs/ or inside another sweep's trials/, and the folder-marker keys.
+  # Workers never write such names.
+  statement {
+    sid     = "DenyTuneStateFiles"
+    effect  = "Deny"
+    actions = ["s3:PutObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/*.pkl*",
+      "${aws_s3_bucket.main.arn}/*experiment_state-*",
+      "${aws_s3_bucket.main.arn}/*basic-variant-state-*",
+      "${aws_s3_bucket.main.arn}/*search_gen_state-*",
+      "${aws_s3_bucket.main.arn}/*searcher-state-*",
+    ]
+  }
+
+  # See s3_head.
+  statement {
+    sid     = "HeadPrefixRoots"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.main.arn}/data",
+      "${aws_s3_bucket.main.arn}/weights",
+      "${aws_s3_bucket.main.arn}/runs",
+      "${aws_s3_bucket.main.arn}/sweeps",
+    ]
+  }
+
+  statement {
+    sid       = "UseBucketKeyViaS3"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.bucket.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "s3_head" {
+  name        = "${var.name_prefix}-s3-head"
+  description = "imgrec Ray head: read data/ weights/, read/write/delete runs/ sweeps/ predictions/ scratch/"
+  policy      = data.aws_iam_policy_document.s3_head.json
+}
+
+resource "aws_iam_policy" "s3_worker" {
+  name        = "${var.name_prefix}-s3-worker"
+  description = "imgrec Ray workers: read data/ weights/ runs/ sweeps/, write runs and sweep trials, prune checkpoints"
+  policy      = data.aws_iam_policy_document.s3_worker.json
 }
 
 # --------------------------------------------------------------------------- EC2 identities (cluster/aws.yaml)
@@ -410,16 +628,16 @@ data "aws_iam_policy_document" "ec2_trust" {
   }
 }
 
-# Worker nodes (CPU and GPU groups): S3 only.
+# Worker nodes (CPU and GPU groups): S3 only, the worker policy.
 resource "aws_iam_role" "cluster" {
   name               = "${var.name_prefix}-ray-cluster"
-  description        = "imgrec Ray worker nodes: S3 access to the imgrec bucket"
+  description        = "imgrec Ray worker nodes: S3 worker access to the imgrec bucket"
   assume_role_policy = data.aws_iam_policy_document.ec2_trust.json
 }
 
 resource "aws_iam_role_policy_attachment" "cluster_s3" {
   role       = aws_iam_role.cluster.name
-  policy_arn = aws_iam_policy.s3_access.arn
+  policy_arn = aws_iam_policy.s3_worker.arn
 }
 
 resource "aws_iam_instance_profile" "cluster" {
@@ -427,8 +645,8 @@ resource "aws_iam_instance_profile" "cluster" {
   role = aws_iam_role.cluster.name
 }
 
-# Head node: the same S3 access (job drivers run there and write reports,
-# best.json) plus what the Ray autoscaler needs to start and stop workers.
+# Head node: the head's S3 access (job drivers run there and write reports,
+# best.json, Tune's state) plus what the Ray autoscaler needs to start and stop workers.
 # Without a profile of our own, `ray up` would create ray-autoscaler-v1 with
 # AmazonEC2FullAccess + AmazonS3FullAccess.
 resource "aws_iam_role" "head" {
@@ -439,7 +657,7 @@ resource "aws_iam_role" "head" {
 
 resource "aws_iam_role_policy_attachment" "head_s3" {
   role       = aws_iam_role.head.name
-  policy_arn = aws_iam_policy.s3_access.arn
+  policy_arn = aws_iam_policy.s3_head.arn
 }
 
 resource "aws_iam_instance_profile" "head" {
@@ -447,8 +665,17 @@ resource "aws_iam_instance_profile" "head" {
   role = aws_iam_role.head.name
 }
 
+# The VPC workers are launched into: var.vpc_id, or the region's default VPC
+# (where `ray up` puts the cluster unless node_config names SubnetIds).
+data "aws_vpc" "default" {
+  count   = var.vpc_id == "" ? 1 : 0
+  default = true
+}
+
 locals {
   ec2_arn = "arn:${local.partition}:ec2:${var.region}:${local.account_id}"
+  vpc_id  = var.vpc_id != "" ? var.vpc_id : data.aws_vpc.default[0].id
+  vpc_arn = "${local.ec2_arn}:vpc/${local.vpc_id}"
 }
 
 data "aws_iam_policy_document" "autoscaler" {
@@ -466,16 +693,74 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = ["*"]
   }
 
-  # Launch workers only when the new instance carries this cluster's tag
-  # (Ray tags every node with ray-cluster-name at launch).
+  # Launch workers only as this cluster's nodes: the new instance carries the
+  # cluster's tag (Ray tags every node with ray-cluster-name at launch), is one
+  # of the worker instance types, gets the worker profile and requires IMDSv2
+  # (cluster/aws.yaml MetadataOptions).
   statement {
-    sid       = "LaunchTaggedInstances"
+    sid       = "LaunchTaggedWorkerInstances"
     actions   = ["ec2:RunInstances"]
     resources = ["${local.ec2_arn}:instance/*"]
     condition {
       test     = "StringEquals"
       variable = "aws:RequestTag/ray-cluster-name"
       values   = [var.ray_cluster_name]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:InstanceType"
+      values   = var.worker_instance_types
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:InstanceProfile"
+      values   = [aws_iam_instance_profile.cluster.arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:MetadataHttpTokens"
+      values   = ["required"]
+    }
+  }
+
+  # AMIs only from the publishers cluster/aws.yaml resolves them from
+  # (Canonical's Ubuntu, the AWS Deep Learning AMIs).
+  statement {
+    sid       = "LaunchFromTrustedImages"
+    actions   = ["ec2:RunInstances"]
+    resources = ["arn:${local.partition}:ec2:${var.region}::image/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:Owner"
+      values   = var.ami_owners
+    }
+  }
+
+  # Into the cluster's VPC only.
+  statement {
+    sid     = "LaunchIntoClusterVpc"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      "${local.ec2_arn}:subnet/*",
+      "${local.ec2_arn}:security-group/*",
+      "${local.ec2_arn}:network-interface/*",
+    ]
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:Vpc"
+      values   = [local.vpc_arn]
+    }
+  }
+
+  # Encrypted root volumes only (every node type sets Ebs.Encrypted).
+  statement {
+    sid       = "LaunchWithEncryptedVolumes"
+    actions   = ["ec2:RunInstances"]
+    resources = ["${local.ec2_arn}:volume/*"]
+    condition {
+      test     = "Bool"
+      variable = "ec2:Encrypted"
+      values   = ["true"]
     }
   }
 
@@ -484,11 +769,6 @@ data "aws_iam_policy_document" "autoscaler" {
     sid     = "LaunchUsingResources"
     actions = ["ec2:RunInstances"]
     resources = [
-      "arn:${local.partition}:ec2:${var.region}::image/*",
-      "${local.ec2_arn}:subnet/*",
-      "${local.ec2_arn}:security-group/*",
-      "${local.ec2_arn}:network-interface/*",
-      "${local.ec2_arn}:volume/*",
       "${local.ec2_arn}:key-pair/*",
       "${local.ec2_arn}:spot-instances-request/*",
     ]
@@ -549,6 +829,9 @@ resource "aws_iam_role_policy_attachment" "head_autoscaler" {
 }
 
 # --------------------------------------------------------------------------- optional: IRSA for KubeRay on EKS
+#
+# Two ServiceAccounts, as on EC2: the head pod's (head S3 policy; KubeRay
+# scales pods itself, so no EC2 rights) and the worker pods' (worker policy).
 
 data "aws_iam_policy_document" "irsa_trust" {
   count = var.eks_oidc_issuer == "" ? 0 : 1
@@ -558,7 +841,7 @@ data "aws_iam_policy_document" "irsa_trust" {
       type        = "Federated"
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:oidc-provider/${var.eks_oidc_issuer}"]
     }
-    # Only the Ray pods' ServiceAccount, not every pod in the EKS cluster.
+    # Only the Ray worker pods' ServiceAccount, not every pod in the EKS cluster.
     condition {
       test     = "StringEquals"
       variable = "${var.eks_oidc_issuer}:sub"
@@ -575,12 +858,47 @@ data "aws_iam_policy_document" "irsa_trust" {
 resource "aws_iam_role" "irsa" {
   count              = var.eks_oidc_issuer == "" ? 0 : 1
   name               = "${var.name_prefix}-ray-irsa"
-  description        = "imgrec KubeRay pods (IRSA): S3 access to the imgrec bucket"
+  description        = "imgrec KubeRay worker pods (IRSA): S3 worker access to the imgrec bucket"
   assume_role_policy = data.aws_iam_policy_document.irsa_trust[0].json
 }
 
 resource "aws_iam_role_policy_attachment" "irsa_s3" {
   count      = var.eks_oidc_issuer == "" ? 0 : 1
   role       = aws_iam_role.irsa[0].name
-  policy_arn = aws_iam_policy.s3_access.arn
+  policy_arn = aws_iam_policy.s3_worker.arn
+}
+
+data "aws_iam_policy_document" "irsa_head_trust" {
+  count = var.eks_oidc_issuer == "" ? 0 : 1
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:oidc-provider/${var.eks_oidc_issuer}"]
+    }
+    # Only the Ray head pod's ServiceAccount.
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_issuer}:sub"
+      values   = ["system:serviceaccount:${var.k8s_namespace}:${var.k8s_head_service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_issuer}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "irsa_head" {
+  count              = var.eks_oidc_issuer == "" ? 0 : 1
+  name               = "${var.name_prefix}-ray-irsa-head"
+  description        = "imgrec KubeRay head pod (IRSA): S3 head access to the imgrec bucket"
+  assume_role_policy = data.aws_iam_policy_document.irsa_head_trust[0].json
+}
+
+resource "aws_iam_role_policy_attachment" "irsa_head_s3" {
+  count      = var.eks_oidc_issuer == "" ? 0 : 1
+  role       = aws_iam_role.irsa_head[0].name
+  policy_arn = aws_iam_policy.s3_head.arn
 }

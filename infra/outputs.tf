@@ -31,8 +31,13 @@ output "worker_instance_profile" {
 }
 
 output "irsa_role_arn" {
-  description = "eks.amazonaws.com/role-arn annotation for the ServiceAccount in cluster/kuberay.yaml (empty without eks_oidc_issuer)."
+  description = "eks.amazonaws.com/role-arn annotation for the workers' ServiceAccount (imgrec-ray) in cluster/kuberay.yaml (empty without eks_oidc_issuer)."
   value       = one(aws_iam_role.irsa[*].arn)
+}
+
+output "irsa_head_role_arn" {
+  description = "eks.amazonaws.com/role-arn annotation for the head's ServiceAccount (imgrec-ray-head) in cluster/kuberay.yaml (empty without eks_oidc_issuer)."
+  value       = one(aws_iam_role.irsa_head[*].arn)
 }
 
 output "uris" {

@@ -22,6 +22,24 @@ variable "ray_cluster_name" {
   default     = "imgrec"
 }
 
+variable "worker_instance_types" {
+  description = "Instance types the head role may launch as workers: the InstanceType of every worker node type in cluster/aws.yaml (g6.2xlarge is the documented drop-in for the GPU group)."
+  type        = list(string)
+  default     = ["c6i.4xlarge", "g5.2xlarge", "g6.2xlarge"]
+}
+
+variable "ami_owners" {
+  description = "ec2:Owner values of the AMIs the head role may launch workers from: Canonical (Ubuntu) and \"amazon\" (AWS Deep Learning AMIs). Add your account ID for your own images."
+  type        = list(string)
+  default     = ["099720109477", "amazon"]
+}
+
+variable "vpc_id" {
+  description = "VPC the head role may launch workers into. Empty: the region's default VPC, where `ray up` places the cluster unless node_config sets SubnetIds."
+  type        = string
+  default     = ""
+}
+
 variable "noncurrent_version_days" {
   description = "Days a replaced or deleted object version is kept before it is purged (the undo window for overwrites and checkpoint pruning)."
   type        = number
@@ -73,7 +91,13 @@ variable "k8s_namespace" {
 }
 
 variable "k8s_service_account" {
-  description = "Kubernetes ServiceAccount the Ray pods run as (IRSA trust condition); matches cluster/kuberay.yaml."
+  description = "Kubernetes ServiceAccount the Ray worker pods run as (IRSA trust condition of the worker role); matches cluster/kuberay.yaml."
   type        = string
   default     = "imgrec-ray"
+}
+
+variable "k8s_head_service_account" {
+  description = "Kubernetes ServiceAccount the Ray head pod runs as (IRSA trust condition of the head role); matches cluster/kuberay.yaml."
+  type        = string
+  default     = "imgrec-ray-head"
 }
