@@ -3,9 +3,11 @@ scripts) and infra/ (Terraform). Nothing is started or deployed; the whole
 module runs in a few seconds.
 
 What is pinned here is what would hurt if it silently changed: the head/CPU/GPU
-node groups and their IAM profiles, the bucket's protections (versioning,
-encryption, public access block, TLS only), lifecycle rules that must never
-expire live checkpoints under runs/ or sweeps/, and a least-privilege S3 policy.
+node groups and their IAM profiles, IMDSv2 and token auth on the AWS cluster, the
+bucket's protections (versioning, encryption, public access block, TLS only),
+lifecycle rules that must never expire live checkpoints under runs/ or sweeps/,
+and the shape of the head and worker S3 policies. What those policies allow,
+case by case, is evaluated in tests/test_iam_policy.py.
 
 The Terraform checks need python-hcl2 (dev extra) and skip without it;
 `terraform fmt` is checked when the terraform binary is on PATH.
@@ -27,9 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 INFRA = REPO / "infra"
 
-# The bucket layout (see infra/main.tf and README).
+# The bucket layout (see infra/main.tf and README): top-level prefixes each role
+# may read and write (the worker's writes are narrower inside runs/ and sweeps/:
+# tests/test_iam_policy.py).
 READ_ONLY = {"data", "weights"}
 READ_WRITE = {"runs", "sweeps", "predictions", "scratch"}
+WORKER_READ = {"data", "weights", "runs", "sweeps"}
+WORKER_WRITE = {"runs", "sweeps"}
 NEVER_EXPIRE = ("runs/", "sweeps/")  # best.json points at live checkpoints there
 WRITE_ACTIONS = {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload"}
 
@@ -79,6 +85,10 @@ def _plain(node):
 
 @pytest.fixture(scope="module")
 def tf() -> dict:
+    return load_terraform()
+
+
+def load_terraform() -> dict:
     """All infra/*.tf merged: {'resource': {type: {name: body}}, 'data': ..., 'variable': {name: body}}."""
     hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 not installed (dev extra)")
     options = {}
@@ -151,6 +161,20 @@ def test_aws_launcher_config_has_head_cpu_and_gpu_groups():
     assert all(n["node_config"]["IamInstanceProfile"] != head_profile for n in workers.values())
 
 
+def test_aws_nodes_require_imdsv2_and_ray_token_auth():
+    cfg = _aws_config()
+    for name, node in cfg["available_node_types"].items():
+        md = node["node_config"].get("MetadataOptions", {})
+        assert md.get("HttpTokens") == "required", f"{name}: IMDSv2 not required"
+        assert md.get("HttpEndpoint", "enabled") == "enabled" and md.get("HttpPutResponseHopLimit", 1) == 1, name
+    # Every node starts Ray in token mode and has the token at Ray's default path.
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cfg[key] if "ray start" in c]
+        assert re.search(r"\bRAY_AUTH_MODE=token\b[^\n]*ray start", start), f"{key}: {start}"
+    assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in c for c in cfg["setup_commands"]), "ray CLI on the nodes"
+
+
 def test_aws_setup_installs_imgrec_with_gpu_extra_on_gpu_nodes():
     cfg = _aws_config()
     commands = "\n".join(cfg["setup_commands"] + cfg.get("worker_setup_commands", []))
@@ -201,12 +225,18 @@ def test_kuberay_manifest_groups_resources_and_gpu():
 
 def test_kuberay_s3_credentials_via_irsa_or_secret():
     docs = _kuberay_docs()
-    (sa,) = [d for d in docs if d["kind"] == "ServiceAccount"]
-    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    roles = {name: sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for name, sa in accounts.items()}
+    assert all(arn.startswith("arn:aws:iam::") for arn in roles.values())
     spec = _ray_cluster()["spec"]
+    head_sa = spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+    worker_sas = {g["template"]["spec"]["serviceAccountName"] for g in spec["workerGroupSpecs"]}
+    # Head and workers assume different roles (head: drivers and Tune; workers: narrower).
+    assert len(accounts) == 2 and head_sa in accounts and worker_sas == set(accounts) - {head_sa}
+    assert roles[head_sa] != roles[next(iter(worker_sas))]
     templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
     for template in templates:
-        assert template["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+        assert template["spec"]["serviceAccountName"] in accounts
         for c in template["spec"]["containers"]:
             refs = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
             # Optional: with IRSA there is no Secret and the pods must still start.
@@ -270,9 +300,18 @@ def test_cluster_configs_match_terraform_names(tf):
             assert node["node_config"]["IamInstanceProfile"]["Name"] == f"{prefix}-ray-cluster"
     profiles = {p["name"] for p in tf["resource"]["aws_iam_instance_profile"].values()}
     assert profiles == {"${var.name_prefix}-ray-head", "${var.name_prefix}-ray-cluster"}
-    sa = [d for d in _kuberay_docs() if d["kind"] == "ServiceAccount"][0]["metadata"]
-    assert sa["name"] == _default(tf, "k8s_service_account")
-    assert sa["namespace"] == _default(tf, "k8s_namespace")
+    # The head role may launch exactly the worker node types' instance types.
+    worker_types = {n["node_config"]["InstanceType"] for name, n in nodes.items() if name != cfg["head_node_type"]}
+    assert worker_types <= set(_default(tf, "worker_instance_types"))
+    assert nodes[cfg["head_node_type"]]["node_config"]["InstanceType"] not in _default(tf, "worker_instance_types")
+    # KubeRay: the head pod and the worker pods run as the two IRSA ServiceAccounts.
+    spec = _ray_cluster()["spec"]
+    head_sa = spec["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+    worker_sas = {g["template"]["spec"]["serviceAccountName"] for g in spec["workerGroupSpecs"]}
+    assert head_sa == _default(tf, "k8s_head_service_account")
+    assert worker_sas == {_default(tf, "k8s_service_account")}
+    for sa in [d["metadata"] for d in _kuberay_docs() if d["kind"] == "ServiceAccount"]:
+        assert sa["namespace"] == _default(tf, "k8s_namespace")
 
 
 def test_every_bucket_is_versioned_private_and_encrypted(tf):
@@ -356,20 +395,25 @@ def test_lifecycle_never_expires_current_checkpoints(tf):
 
 
 def _s3_prefix(resource: str) -> str | None:
-    """'data' from '${aws_s3_bucket.main.arn}/data/*' (or the bare key '.../data');
-    None for the bucket itself."""
-    m = re.fullmatch(r"\$\{aws_s3_bucket\.main\.arn\}(?:/([^/*]+)(?:/\*)?)?", resource)
+    """'data' from '${aws_s3_bucket.main.arn}/data/*' (or '.../data', '.../sweeps/*/trials/*',
+    '.../*.pkl*'); None for the bucket itself, '*' for a pattern over the whole bucket."""
+    m = re.fullmatch(r"\$\{aws_s3_bucket\.main\.arn\}(?:/(\*|[^/*]+)[^{}]*)?", resource)
     assert m, f"unexpected S3 resource {resource!r}"
     return m.group(1)
 
 
-def test_cluster_s3_policy_is_least_privilege(tf):
-    doc = tf["data"]["aws_iam_policy_document"]["s3_access"]
-    readable, writable = set(), set()
+@pytest.mark.parametrize(("doc_name", "readable_expected", "writable_expected"), [
+    ("s3_head", READ_ONLY | READ_WRITE, READ_WRITE),
+    ("s3_worker", WORKER_READ, WORKER_WRITE),
+])
+def test_cluster_s3_policies_are_least_privilege(tf, doc_name, readable_expected, writable_expected):
+    doc = tf["data"]["aws_iam_policy_document"][doc_name]
+    readable, writable, listable = set(), set(), set()
     for st in _statements(doc):
-        assert st.get("effect", "Allow") == "Allow"
         actions = set(st["actions"])
         resources = _as_list(st["resources"])
+        if st.get("effect", "Allow") == "Deny":
+            continue  # Denies only narrow (tests/test_iam_policy.py shows what they refuse)
         assert "*" not in resources and not any(a in ("*", "s3:*") or a.endswith(":*") for a in actions)
         s3_actions = {a for a in actions if a.startswith("s3:")}
         if not s3_actions:
@@ -381,16 +425,33 @@ def test_cluster_s3_policy_is_least_privilege(tf):
             assert prefixes == {None}
             (cond,) = _as_list(st["condition"])
             assert cond["variable"] == "s3:prefix"
-            assert {v.split("/")[0] for v in cond["values"]} == READ_ONLY | READ_WRITE
+            if cond["test"] == "Null":  # HeadBucket: no prefix at all (see infra/main.tf, "Listing")
+                assert _as_list(cond["values"]) == ["true"]
+            else:
+                assert cond["test"] == "StringLike", "IfExists would also admit a listing without a prefix"
+                listable |= {v.split("/")[0] for v in cond["values"]}
             continue
-        assert None not in prefixes, "object actions on the bucket ARN"
+        assert None not in prefixes and "*" not in prefixes, "object actions on the bucket ARN or the whole bucket"
         if "s3:GetObject" in s3_actions:
             readable |= prefixes
         if s3_actions & WRITE_ACTIONS:
             writable |= prefixes
         assert "s3:DeleteObjectVersion" not in s3_actions, "versions must stay recoverable"
-    assert readable == READ_ONLY | READ_WRITE
-    assert writable == READ_WRITE, "data/ and weights/ are read-only for the cluster"
+    assert readable == readable_expected
+    assert listable == readable_expected, "list exactly what the role may read"
+    assert writable == writable_expected
+
+
+def test_each_role_gets_its_own_s3_policy(tf):
+    attached = {(a["role"], a["policy_arn"]) for a in tf["resource"]["aws_iam_role_policy_attachment"].values()}
+    assert {(role, arn) for role, arn in attached if ".s3_" in arn} == {
+        ("${aws_iam_role.head.name}", "${aws_iam_policy.s3_head.arn}"),
+        ("${aws_iam_role.cluster.name}", "${aws_iam_policy.s3_worker.arn}"),
+        ("${aws_iam_role.irsa[0].name}", "${aws_iam_policy.s3_worker.arn}"),
+        ("${aws_iam_role.irsa_head[0].name}", "${aws_iam_policy.s3_head.arn}"),
+    }
+    # Only the EC2 head may launch and terminate nodes.
+    assert {role for role, arn in attached if arn == "${aws_iam_policy.autoscaler.arn}"} == {"${aws_iam_role.head.name}"}
 
 
 def test_no_policy_allows_s3_wildcards(tf):
