@@ -52,10 +52,10 @@ REFS = {
 ROLES = {"head": ("s3_head", "autoscaler"), "worker": ("s3_worker",)}
 
 
-
 @pytest.fixture(scope="module")
 def tf() -> dict:
     return load_terraform()
+
 
 # --------------------------------------------------------------------------- the evaluator
 
