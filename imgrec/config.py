@@ -251,7 +251,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) < low:
                 raise ConfigError(f"{name} must be >= {low}{hint}, got {value!r}", name)
-        if 0 < self.head_epochs >= self.epochs:
+        if self.head_epochs and self.head_epochs >= self.epochs:
             raise ConfigError(
                 f"head_epochs ({self.head_epochs}) must be < epochs ({self.epochs}), or the fine-tuning stage "
                 "never runs; for head-only training set freeze_depth to all and head_epochs to 0",
@@ -259,9 +259,10 @@ class TrainConfig:
             )
 
     def _check_rates(self) -> None:
-        for name in ("learning_rate", "fine_tune_lr_factor", "cpus_per_worker"):
+        for name, hint in (("learning_rate", ", e.g. 1e-3"), ("fine_tune_lr_factor", ", e.g. 0.1"),
+                           ("cpus_per_worker", "")):
             if not 0 < float(getattr(self, name)) < math.inf:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}", name)
+                raise ConfigError(f"{name} must be > 0{hint}, got {getattr(self, name)!r}", name)
         if not 0 <= float(self.gpus_per_worker) < math.inf:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}", "gpus_per_worker")
         if not str(self.storage).strip():

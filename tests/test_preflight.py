@@ -195,7 +195,7 @@ def test_a_sweep_refused_for_its_model_leaves_no_sweep_json_and_its_name_free(ou
 def test_config_errors_name_their_field_and_the_cli_its_flag():
     with pytest.raises(ConfigError) as caught:
         TrainConfig(learning_rate=0)
-    assert caught.value.field == "learning_rate" and caught.value.naming("--lr") == "--lr must be > 0, got 0"
+    assert caught.value.field == "learning_rate" and caught.value.naming("--lr") == "--lr must be > 0, e.g. 1e-3, got 0"
     with pytest.raises(ConfigError) as caught:
         from_dict(TrainConfig, {"data": {"validation_split": 1.5}})
     assert caught.value.field == "data.validation_split"
