@@ -19,7 +19,6 @@ from imgrec.cli_tune import tune_command
 from imgrec.config import AugmentConfig, DecodeConfig, replace
 from imgrec.demo import run_demo
 from imgrec.predict import describe_one
-from imgrec.runtime import ensure_ray
 
 app = typer.Typer(help="Distributed image recognition on Ray and Keras 3.", no_args_is_help=True, cls=ImgrecGroup)
 data_app = typer.Typer(help="Create, upload and inspect image datasets.", no_args_is_help=True)
@@ -122,10 +121,7 @@ def data_inspect(
 ) -> None:
     """Counts per class and split, image sizes/modes/formats, and the files that fail to decode."""
 
-    with clear_errors():
-        if decode_all:
-
-            ensure_ray()
+    with clear_errors():  # Ray starts for --decode-all once the tree's listing is good
         report = data.inspect(uri, DecodeConfig(image_size=parse_size(image_size)), validation_split=validation_split,
                               sample=sample, decode_all=decode_all)
     typer.echo(str(report))

@@ -4,29 +4,38 @@ older option spellings upgraded with a note."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import typer
 from typer.core import TyperGroup
 
 from imgrec.checkpoint import CheckpointError
+from imgrec.cli_options import Option, flag_of
 from imgrec.config import ConfigError
 from imgrec.storage import StorageError
 
 
 class clear_errors:
-    """Show library errors (bad URI, missing bucket, bad config) as one line, exit 2."""
+    """Show library errors (bad URI, missing bucket, bad config) as one line, exit 2;
+    a config error names the option of the command's ``options`` that sets its field."""
+
+    def __init__(self, options: Sequence[Option] = ()):
+        self.options = options
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-
         if exc is not None and isinstance(
             exc, StorageError | ConfigError | CheckpointError | FileNotFoundError | ValueError
         ):
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            typer.secho(f"error: {self._text(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2)
         return False
+
+    def _text(self, exc: BaseException) -> str:
+        flag = flag_of(self.options, exc.field) if isinstance(exc, ConfigError) and exc.field else None
+        return exc.naming(flag) if flag else str(exc)
 
 
 def _is_count(text: str) -> bool:

@@ -80,7 +80,18 @@ def parse_list(kind: type = str, option: str = "") -> Callable[[str | None], lis
 
 
 def parse_freeze(text: str) -> int | str:
-    return text if text == "all" else int(text)
+    """``--freeze-depth``: a number of backbone layers, or ``all``."""
+    if text == "all" or (text.isdigit() and int(text) >= 0):
+        return text if text == "all" else int(text)
+    raise typer.BadParameter(f"--freeze-depth {text!r}: give a number of backbone layers (e.g. 20) or 'all'")
+
+
+def flag_of(options: Sequence[Option], path: str) -> str | None:
+    """The command-line flag (``--lr``) of the option setting config field ``path``."""
+    for opt in options:
+        if path in opt.paths:
+            return opt.flags[0].split("/")[0] if opt.flags else "--" + opt.name.replace("_", "-")
+    return None
 
 
 # --------------------------------------------------------------------------- config side

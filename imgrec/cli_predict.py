@@ -10,7 +10,6 @@ from imgrec.cli_common import clear_errors
 from imgrec.cli_options import Option, build, command, values_from_args
 from imgrec.config import PredictConfig
 from imgrec.predict import predict_bucket
-from imgrec.runtime import ensure_ray
 
 PREDICT_OPTIONS: tuple[Option, ...] = (
     Option("model", ("model",), "Run URI (its best checkpoint) or checkpoint URI.", required=True),
@@ -30,10 +29,9 @@ PREDICT_OPTIONS: tuple[Option, ...] = (
 
 
 def _run(values: dict[str, Any]) -> None:
-    with clear_errors():
+    with clear_errors(PREDICT_OPTIONS):
         cfg = build(PredictConfig, PREDICT_OPTIONS, values)
-        ensure_ray()  # the job's cluster (RAY_ADDRESS), or a local one
-        predict_bucket(cfg)  # prints progress and the summary
+        predict_bucket(cfg)  # checks first; then the job's cluster (RAY_ADDRESS) or a local one; prints the summary
 
 
 predict_command = command(PredictConfig, PREDICT_OPTIONS, _run,

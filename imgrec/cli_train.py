@@ -73,7 +73,7 @@ def _train_command(options: tuple[Option, ...], doc: str):
     def run(values: dict[str, Any]) -> None:
         if not values["data"] and not values["resume"]:
             raise typer.BadParameter("give --data URI (an image tree, or cifar10), or --resume RUN_URI")
-        with clear_errors():
+        with clear_errors(options):
             result = train(build(TrainConfig, options, values))
         typer.echo(f"run: {result.run_uri}")
         typer.echo(f"best checkpoint: {result.best_checkpoint}")

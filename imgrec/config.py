@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
@@ -18,7 +19,23 @@ FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 
 
 class ConfigError(ValueError):
-    """A configuration value is out of range; the message names it and the fix."""
+    """A configuration value is out of range; the message names it and the fix.
+
+    ``field`` is the dotted config path at fault (``"learning_rate"``,
+    ``"model.dropout"``), when known: the CLI turns it into the option's flag."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def naming(self, flag: str) -> str:
+        """The message with ``flag`` (``--lr``) in place of the field name it starts
+        with, or in front of it: one line that names what to change on the command line."""
+        text, parts = str(self), (self.field or "").split(".")
+        for lead in (".".join(parts[i:]) for i in range(len(parts))):  # base.data.uri, data.uri, uri
+            if lead and text.startswith(lead) and text[len(lead):][:1] in (" ", ":"):
+                return flag + text[len(lead):]
+        return f"{flag}: {text}"
 
 
 # Formats the decoder parses (Pillow names); any other file is refused before a
@@ -48,18 +65,18 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}", "resize")
         for name in ("max_pixels", "max_file_bytes", "max_decode_bytes", "max_inflight_bytes"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
         self._check_formats()
         if not 0 <= int(self.pad_value) <= 255:
-            raise ConfigError(f"pad_value must be a uint8 grey level 0..255, got {self.pad_value!r}")
+            raise ConfigError(f"pad_value must be a uint8 grey level 0..255, got {self.pad_value!r}", "pad_value")
         if self.image_size is None:
             return
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ConfigError(f"image_size must be (height, width) > 0, got {self.image_size!r}")
+            raise ConfigError(f"image_size must be (height, width) > 0, got {self.image_size!r}", "image_size")
 
     def _check_formats(self) -> None:
         known = IMAGE_FORMATS + OPTIONAL_FORMATS
@@ -68,7 +85,7 @@ class DecodeConfig:
         self.formats = tuple(str(f).upper() for f in self.formats)
         unknown = [f for f in self.formats if f not in known]
         if unknown or not self.formats:
-            raise ConfigError(f"formats must be a non-empty subset of {known}, got {self.formats!r}")
+            raise ConfigError(f"formats must be a non-empty subset of {known}, got {self.formats!r}", "formats")
 
 
 @dataclass
@@ -95,10 +112,10 @@ class AugmentConfig:
         if isinstance(self.brightness_range, list):
             self.brightness_range = tuple(self.brightness_range)
         if self.fill_mode not in FILL_MODES:
-            raise ConfigError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}")
+            raise ConfigError(f"fill_mode must be one of {FILL_MODES}, got {self.fill_mode!r}", "fill_mode")
         for name in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}", name)
         lo, hi = self.zoom_bounds
         if not 0 < lo <= hi:
             raise ConfigError(
@@ -112,7 +129,7 @@ class AugmentConfig:
                     f"brightness_range must be (lo, hi) with 0 <= lo <= hi, got {self.brightness_range!r}"
                 )
         if not 0 <= int(self.cval) <= 255:
-            raise ConfigError(f"cval must be a uint8 grey level 0..255, got {self.cval!r}")
+            raise ConfigError(f"cval must be a uint8 grey level 0..255, got {self.cval!r}", "cval")
 
     @property
     def zoom_bounds(self) -> tuple[float, float]:
@@ -164,7 +181,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_split < 1.0:
-            raise ConfigError(f"validation_split must be in [0, 1), got {self.validation_split!r}")
+            raise ConfigError(f"validation_split must be in [0, 1), got {self.validation_split!r}", "validation_split")
+        if self.limit_per_class is not None and int(self.limit_per_class) < 1:
+            raise ConfigError(f"limit_per_class must be >= 1 (or unset: every image), got {self.limit_per_class!r}",
+                              "limit_per_class")
 
 
 @dataclass
@@ -214,16 +234,51 @@ class TrainConfig:
         self.workers = parse_workers(self.workers)
         if self.workers != "auto" and self.batch_size < self.workers:
             raise ConfigError(
-                f"batch_size {self.batch_size} is the global batch and must be >= workers ({self.workers})"
+                f"batch_size {self.batch_size} is the global batch and must be >= workers ({self.workers})",
+                "batch_size",
             )
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be >= 1 (epochs), got {self.checkpoint_every}")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+                              "optimizer")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+                              "lr_schedule")
+        self._check_counts()
+        self._check_rates()
+
+    def _check_counts(self) -> None:
+        for name, low, hint in _TRAIN_COUNTS:
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise ConfigError(f"{name} must be >= {low}{hint}, got {value!r}", name)
+        if self.head_epochs and self.head_epochs >= self.epochs:
+            raise ConfigError(
+                f"head_epochs ({self.head_epochs}) must be < epochs ({self.epochs}), or the fine-tuning stage "
+                "never runs; for head-only training set freeze_depth to all and head_epochs to 0",
+                "head_epochs",
+            )
+
+    def _check_rates(self) -> None:
+        for name, hint in (("learning_rate", ", e.g. 1e-3"), ("fine_tune_lr_factor", ", e.g. 0.1"),
+                           ("cpus_per_worker", "")):
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} must be > 0{hint}, got {getattr(self, name)!r}", name)
+        if not 0 <= float(self.gpus_per_worker) < math.inf:
+            raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}", "gpus_per_worker")
+        if not str(self.storage).strip():
+            raise ConfigError("storage is empty: give a folder or s3://bucket/prefix for the run folders", "storage")
+
+
+# TrainConfig's counts: (field, lowest value, what the bound means); None is always allowed.
+_TRAIN_COUNTS = (
+    ("batch_size", 1, " (the global batch)"),
+    ("epochs", 1, ""),
+    ("checkpoint_every", 1, " (epochs)"),
+    ("keep_checkpoints", 1, " (the best K are kept, and the latest)"),
+    ("head_epochs", 0, ""),
+    ("early_stopping_patience", 0, " (0 or unset: no early stopping)"),
+    ("max_failures", -1, " (-1: restart without limit)"),
+)
 
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -237,9 +292,9 @@ def parse_workers(value: int | str) -> int | str:
     try:
         count = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}") from None
+        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}", "workers") from None
     if count < 1 or str(count) != str(value).strip():
-        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}")
+        raise ConfigError(f"workers must be 'auto' or a count >= 1, got {value!r}", "workers")
     return count
 
 
@@ -271,21 +326,26 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
-            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}", "num_samples")
         if not 0 < self.lr_min <= self.lr_max:
-            raise ConfigError(f"need 0 < lr_min <= lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+            raise ConfigError(f"need 0 < lr_min <= lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}",
+                              "lr_min" if not 0 < self.lr_min else "lr_max")
         if self.scheduler not in SWEEP_SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {SWEEP_SCHEDULERS}, got {self.scheduler!r}")
+            raise ConfigError(f"scheduler must be one of {SWEEP_SCHEDULERS}, got {self.scheduler!r}", "scheduler")
         if self.search not in SWEEP_SEARCHES:
-            raise ConfigError(f"search must be one of {SWEEP_SEARCHES}, got {self.search!r}")
+            raise ConfigError(f"search must be one of {SWEEP_SEARCHES}, got {self.search!r}", "search")
         if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(f"max_concurrent must be >= 1 (or None: fit the cluster), got {self.max_concurrent}")
+            raise ConfigError(f"max_concurrent must be >= 1 (or None: fit the cluster), got {self.max_concurrent}",
+                              "max_concurrent")
         for name in ("freeze_depths", "batch_sizes", "augment_presets"):
             if getattr(self, name) is not None and not getattr(self, name):
-                raise ConfigError(f"{name} must be None (the default) or a non-empty list")
+                raise ConfigError(f"{name} must be None (the default) or a non-empty list", name)
         for size in self.batch_sizes or []:
+            if int(size) < 1:
+                raise ConfigError(f"batch_sizes must be global batch sizes >= 1, got {size}", "batch_sizes")
             if self.base.workers != "auto" and int(size) < self.base.workers:
-                raise ConfigError(f"batch size {size} is a global batch and must be >= workers ({self.base.workers})")
+                raise ConfigError(f"batch size {size} is a global batch and must be >= workers ({self.base.workers})",
+                                  "batch_sizes")
         for preset in self.augment_presets or []:
             AugmentConfig.preset(preset)  # raises on an unknown name, listing the known ones
 
@@ -322,9 +382,19 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
+            value = _nested(key, hint, value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _nested(key: str, cls: type, data: dict[str, Any]) -> Any:
+    """``from_dict`` of a nested config; an error's field gets its full path (``data.validation_split``)."""
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        if exc.field:
+            exc.field = f"{key}.{exc.field}"
+        raise
 
 
 def replace(cfg: Any, **changes: Any) -> Any:
@@ -365,6 +435,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "actors", "top_k", "files_per_output"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)
         if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus!r}, {self.num_gpus!r}")
+            raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus!r}, {self.num_gpus!r}",
+                              "num_cpus" if self.num_cpus < 0 else "num_gpus")

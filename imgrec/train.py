@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import evaluate, models, report, storage
+from imgrec import evaluate, models, preflight, report, storage
 from imgrec.config import ConfigError, TrainConfig, from_dict, replace, to_dict
 from imgrec.data import augmented, load_dataset
 from imgrec.hooks import Hook, read_history
@@ -69,7 +69,7 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     the runs sharing the cluster at once (Tune), which ``workers="auto"`` divides by.
     """
     t_start = time.time()
-    cfg, resume_checkpoint = _prepare(cfg, allow_existing)
+    cfg, resume_checkpoint = _prepare(cfg, allow_existing, data=arrays is None and dataset is None)
     run = RunLayout.of(cfg.storage, cfg.run_name)
     phases: dict[str, float] = {}  # the driver's start-up, in the run's history (imgrec.timing)
     with timed(phases, "driver_ray_s"):
@@ -102,10 +102,12 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     return result
 
 
-def _prepare(cfg: TrainConfig, allow_existing: bool) -> tuple[TrainConfig, str | None]:
+def _prepare(cfg: TrainConfig, allow_existing: bool, data: bool = True) -> tuple[TrainConfig, str | None]:
     """The run's full config (resumed, named, sized) and the checkpoint it resumes
-    from; refuses an existing run folder and a missing bucket before Ray starts."""
+    from; refuses a bad config or URI (``imgrec.preflight``; ``data``: check the data
+    tree too) and an existing run folder before Ray starts and before anything is written."""
     cfg, resume_checkpoint = _resume_config(cfg)
+    preflight.check_train(cfg, data=data)
     if cfg.run_name is None:
         cfg = from_dict(TrainConfig, {**to_dict(cfg), "run_name": default_run_name()})
     if cfg.data.decode.image_size is None:  # not given: the model's own input size
@@ -114,7 +116,8 @@ def _prepare(cfg: TrainConfig, allow_existing: bool) -> tuple[TrainConfig, str |
     if not resume_checkpoint and not allow_existing and storage.exists(run.history):
         raise ConfigError(f"run {run.uri} already exists; continue it with --resume {run.uri}, or choose another "
                           "--run-name")
-    storage.ensure_bucket(cfg.storage) if not storage.is_s3(cfg.storage) else storage.check_bucket(cfg.storage)
+    if not storage.is_s3(cfg.storage):  # an S3 bucket is never created here; preflight checked it
+        storage.ensure_bucket(cfg.storage)
     return cfg, resume_checkpoint
 
 
@@ -138,7 +141,8 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     from its latest checkpoint; only ``epochs`` and cluster shape may change."""
     if not cfg.resume:
         return cfg, None
-    latest = ckpt.resolve(cfg.resume, "latest")
+    with preflight.blame("resume"):
+        latest = ckpt.resolve(cfg.resume, "latest")
     saved = from_dict(TrainConfig, latest.manifest["train_config"])
     run = storage.normalize(cfg.resume) if not storage.exists(storage.join(cfg.resume, ckpt.MANIFEST_FILE)) \
         else storage.parent(latest.uri)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgrec.config import DecodeConfig
+from imgrec.config import DataConfig, DecodeConfig
 from imgrec.data.datasets import DECODE_BATCH, ROWS_PER_BLOCK, num_blocks
 from imgrec.data.read import DecodeImages, fetch_bytes, read_head
 from imgrec.data.tree import list_image_tree, split_hash, split_records
@@ -130,6 +130,7 @@ def inspect(
     * the bad-file report: with ``decode_all`` every file is fully decoded
       with Ray Data (at ``decode.image_size``, default 64x64), as training
       would; otherwise only the sample is decoded, in this process."""
+    DataConfig(uri=uri, validation_split=validation_split)  # refuses a split outside [0, 1) before any listing
     decode = decode or DecodeConfig(image_size=INSPECT_SIZE)
     if decode.image_size is None:
         decode = dataclasses.replace(decode, image_size=INSPECT_SIZE)

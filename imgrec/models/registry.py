@@ -181,28 +181,55 @@ def check_size(spec: ModelSpec, image_size) -> tuple[int, int]:
 
 
 def check_model_config(spec: ModelSpec, cfg) -> None:
-    """A ``ModelConfig`` that fits ``spec``, or a ConfigError saying what to change."""
+    """A ``ModelConfig`` that fits ``spec``, or a ConfigError saying what to change
+    (its ``field`` is the ``ModelConfig`` field at fault)."""
     if cfg.head not in HEADS:
-        raise ConfigError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        raise ConfigError(f"head must be one of {HEADS}, got {cfg.head!r}", "head")
     if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
-    if cfg.alpha is not None and not spec.alpha:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout!r}", "dropout")
+    if cfg.bn_momentum is not None and not 0.0 <= float(cfg.bn_momentum) < 1.0:
+        raise ConfigError(f"bn_momentum must be in [0, 1) (or unset: the model's own), got {cfg.bn_momentum!r}",
+                          "bn_momentum")
+    check_freeze_depth(cfg.freeze_depth)
+    _check_alpha(spec, cfg.alpha)
+    if spec.kind != "backbone":
+        _check_no_backbone(spec, cfg)
+
+
+def check_freeze_depth(depth) -> None:
+    """A layer count >= 0 or ``"all"`` (``None``: 0), as ``set_freeze_depth`` takes it;
+    whether the backbone has that many layers is known only once it is built."""
+    text = str(depth).strip().lower()
+    if depth is None or text == "all" or (text.isdigit() and not isinstance(depth, bool | float)):
+        return
+    raise ConfigError(f"freeze_depth must be a number of backbone layers >= 0 or 'all', got {depth!r}",
+                      "freeze_depth")
+
+
+def _check_alpha(spec: ModelSpec, alpha) -> None:
+    if alpha is not None and not spec.alpha:
         with_alpha = ", ".join(s.name for s in _REGISTRY.values() if s.alpha)
         raise ConfigError(
-            f"alpha (width multiplier) applies only to {with_alpha}; {spec.name} has no alpha, drop the setting"
+            f"alpha (width multiplier) applies only to {with_alpha}; {spec.name} has no alpha, drop the setting",
+            "alpha",
         )
-    if cfg.alpha is not None and not float(cfg.alpha) > 0:
-        raise ConfigError(f"alpha must be > 0, got {cfg.alpha!r}")
-    if spec.kind != "backbone":
-        if weights_kind(cfg.weights) != "none":
-            raise ConfigError(
-                f"{spec.name} is trained from scratch and takes no weights (got {cfg.weights!r}); "
-                "pretrained weights apply to backbones (`imgrec models list`), resume a run to continue training"
-            )
-        if cfg.freeze_depth not in (0, "0", None):
-            raise ConfigError(f"freeze_depth applies to backbones only; {spec.name} has none, set it to 0")
-        if spec.kind == "course" and cfg.head != "lean":
-            raise ConfigError(f"{spec.name} is the course's exact network and has no separate head; drop head=")
+    if alpha is not None and not float(alpha) > 0:
+        raise ConfigError(f"alpha must be > 0, got {alpha!r}", "alpha")
+
+
+def _check_no_backbone(spec: ModelSpec, cfg) -> None:
+    if weights_kind(cfg.weights) != "none":
+        raise ConfigError(
+            f"{spec.name} is trained from scratch and takes no weights (got {cfg.weights!r}); "
+            "pretrained weights apply to backbones (`imgrec models list`), resume a run to continue training",
+            "weights",
+        )
+    if cfg.freeze_depth not in (0, "0", None):
+        raise ConfigError(f"freeze_depth applies to backbones only; {spec.name} has none, set it to 0",
+                          "freeze_depth")
+    if spec.kind == "course" and cfg.head != "lean":
+        raise ConfigError(f"{spec.name} is the course's exact network and has no separate head; drop head=",
+                          "head")
 
 
 def check_num_classes(num_classes: int) -> None:

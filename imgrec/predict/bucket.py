@@ -10,8 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import preflight, storage
 from imgrec.config import PredictConfig
 from imgrec.decode import IMAGE_SUFFIXES
 from imgrec.predict.chunks import Plan, cut_chunks
@@ -37,10 +36,9 @@ def predict_bucket(
     Connects to Ray (``RAY_ADDRESS``) or starts a local cluster when needed."""
     _require(cfg)
     t0 = time.time()
-    ref = ckpt.resolve(cfg.model)
+    ref = preflight.check_predict(cfg)  # model, input and output bucket, before Ray starts
     class_names = ref.class_names
     out = storage.normalize(cfg.output)
-    storage.check_bucket(out)
     columns = output_columns()  # one list for the job record, the actors and the parts
     job = job_record(cfg, ref, columns)
     say = _printer(progress)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import models, storage
+from imgrec import models, preflight, storage
 from imgrec.config import ConfigError, SweepConfig, from_dict, replace, to_dict
 from imgrec.data import load_dataset
 from imgrec.layout import SweepLayout
@@ -94,12 +94,11 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
 
     ``dataset`` takes an already loaded ``ImageDataset`` of ``cfg.base.data``;
     by default the driver loads and decodes it once for all trials."""
-    from ray import tune
-
     t0 = time.time()
-    cfg = _prepare(cfg)
+    cfg = _prepare(cfg, check_data=dataset is None)
     uri = sweep_uri(cfg)
     ensure_ray()
+    from ray import tune
     data = dataset or load_dataset(cfg.base.data)
     print(f"[imgrec] sweep {uri}: {cfg.num_samples} trial(s), search {search_method(cfg)}, "
           f"scheduler {cfg.scheduler}; data {data.summary()}", flush=True)
@@ -124,26 +123,32 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
     return SweepResult(uri, rows, best, files, time.time() - t0)
 
 
-def _prepare(cfg: SweepConfig) -> SweepConfig:
+def _prepare(cfg: SweepConfig, check_data: bool = False) -> SweepConfig:
     """Absolute URIs (Tune runs trials in their own working folders), a name,
-    the model's input size, and on resume the sweep's own saved config."""
+    the model's input size, and on resume the sweep's own saved config; checked
+    (``imgrec.preflight``; ``check_data``: the data tree too) before the config is saved."""
 
     if cfg.resume and not cfg.name:
-        raise ConfigError("resume needs the sweep's name (--name) and storage (--storage)")
+        raise ConfigError("resume needs the sweep's name (--name) and storage (--storage)", "name")
     cfg = replace(cfg, storage=storage.normalize(cfg.storage), name=cfg.name or default_run_name("sweep"))
-    storage.check_bucket(cfg.storage)  # a missing bucket fails here, with what to do
+    with preflight.blame("storage"):  # a missing bucket fails here, with what to do
+        storage.check_bucket(cfg.storage)
     saved = sweep_layout(cfg).config
     if storage.exists(saved):
         if not cfg.resume:
-            raise ConfigError(f"{sweep_uri(cfg)} already holds a sweep; resume it (--resume) or pick another --name")
+            raise ConfigError(f"{sweep_uri(cfg)} already holds a sweep; resume it (--resume) or pick another --name",
+                              "name")
         stored = from_dict(SweepConfig, json.loads(storage.read_text(saved)))
         # The saved config wins (same search space, same trials); only the location may have moved.
-        return replace(stored, storage=cfg.storage, name=cfg.name, resume=True)
+        stored = replace(stored, storage=cfg.storage, name=cfg.name, resume=True)
+        preflight.check_sweep(stored, data=check_data)
+        return stored
     if cfg.resume:
         raise ConfigError(f"nothing to resume: no {SWEEP_FILE} under {sweep_uri(cfg)}")
     base = cfg.base
     if base.data.uri and base.data.uri != "cifar10":
         base = replace(base, **{"data.uri": storage.normalize(base.data.uri)})
+    preflight.check_sweep(replace(cfg, base=base), data=check_data)
     if base.data.decode.image_size is None:  # decode once, at the size every trial trains at
         base = replace(base, **{"data.decode.image_size": tuple(models.get_spec(base.model.name).default_size)})
     cfg = replace(cfg, base=base)
