@@ -367,6 +367,24 @@ data "aws_iam_policy_document" "logs_bucket" {
       values   = ["false"]
     }
   }
+  # As on the main bucket. Log delivery is not affected: the logging service
+  # sends its requests over TLS 1.2 or later (and a request without the key
+  # matches no NumericLessThan).
+  statement {
+    sid       = "DenyOutdatedTLS"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "NumericLessThan"
+      variable = "s3:TlsVersion"
+      values   = ["1.2"]
+    }
+  }
 }
 
 resource "aws_s3_bucket_policy" "logs" {
@@ -381,9 +399,10 @@ resource "aws_s3_bucket_policy" "logs" {
 # Train's controller for `imgrec train`, batch prediction's driver, reports)
 # and s3_worker for worker nodes (Ray Data, Train workers, and Tune's per-trial
 # drivers, which may be placed on any node together with their Train
-# controller). Prefixes are spelled out, not generated, so that a reviewer (and
-# tests/test_iam_policy.py, which evaluates them) sees exactly what is granted
-# where.
+# controller). What both need is written once, in s3_common, and merged into
+# each (source_policy_documents). Each role's prefixes are spelled out once,
+# in the locals below, so that a reviewer (and tests/test_iam_policy.py, which
+# evaluates the policies) sees exactly what is granted where.
 #
 # Listing: s3:ListBucket also authorises HeadBucket, which carries no s3:prefix.
 # pyarrow's create_dir(recursive) starts with HeadBucket and fails on a 403
@@ -393,21 +412,15 @@ resource "aws_s3_bucket_policy" "logs" {
 # key name in the bucket (names only; reading still needs s3:GetObject on the
 # prefix). Every listing *with* a prefix is limited to the role's own prefixes.
 
-data "aws_iam_policy_document" "s3_head" {
-  statement {
-    sid       = "ListOwnPrefixes"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.main.arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values = [
-        "data", "data/*", "weights", "weights/*",
-        "runs", "runs/*", "sweeps", "sweeps/*",
-        "predictions", "predictions/*", "scratch", "scratch/*",
-      ]
-    }
-  }
+locals {
+  # The top-level prefixes each role may read: it may list them ("p" and
+  # "p/*") and HEAD their root keys ("HeadPrefixRoots").
+  s3_head_prefixes   = ["data", "weights", "runs", "sweeps", "predictions", "scratch"]
+  s3_worker_prefixes = ["data", "weights", "runs", "sweeps"]
+}
+
+# Both roles.
+data "aws_iam_policy_document" "s3_common" {
   statement {
     sid       = "HeadBucket"
     actions   = ["s3:ListBucket"]
@@ -427,6 +440,33 @@ data "aws_iam_policy_document" "s3_head" {
       "${aws_s3_bucket.main.arn}/data/*",
       "${aws_s3_bucket.main.arn}/weights/*",
     ]
+  }
+
+  # SSE-KMS: S3 uses the key on the caller's behalf; only through S3 in this region.
+  statement {
+    sid       = "UseBucketKeyViaS3"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.bucket.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "s3_head" {
+  source_policy_documents = [data.aws_iam_policy_document.s3_common.json]
+
+  statement {
+    sid       = "ListOwnPrefixes"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.main.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = flatten([for p in local.s3_head_prefixes : [p, "${p}/*"]])
+    }
   }
 
   # Outputs: reports, best.json, sweep results and Tune's state, predictions.
@@ -455,28 +495,9 @@ data "aws_iam_policy_document" "s3_head" {
   # exactly "runs". Without s3:GetObject on that key S3 answers 403, not 404,
   # and pyarrow raises instead of reporting "not a file". No such objects exist.
   statement {
-    sid     = "HeadPrefixRoots"
-    actions = ["s3:GetObject"]
-    resources = [
-      "${aws_s3_bucket.main.arn}/data",
-      "${aws_s3_bucket.main.arn}/weights",
-      "${aws_s3_bucket.main.arn}/runs",
-      "${aws_s3_bucket.main.arn}/sweeps",
-      "${aws_s3_bucket.main.arn}/predictions",
-      "${aws_s3_bucket.main.arn}/scratch",
-    ]
-  }
-
-  # SSE-KMS: S3 uses the key on the caller's behalf; only through S3 in this region.
-  statement {
-    sid       = "UseBucketKeyViaS3"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.bucket.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["s3.${var.region}.amazonaws.com"]
-    }
+    sid       = "HeadPrefixRoots"
+    actions   = ["s3:GetObject"]
+    resources = formatlist("${aws_s3_bucket.main.arn}/%s", local.s3_head_prefixes)
   }
 }
 
@@ -496,6 +517,8 @@ data "aws_iam_policy_document" "s3_head" {
 # (top level of the sweep folder) come from the sweep driver on the head, and
 # predictions from the prediction driver.
 data "aws_iam_policy_document" "s3_worker" {
+  source_policy_documents = [data.aws_iam_policy_document.s3_common.json]
+
   statement {
     sid       = "ListOwnPrefixes"
     actions   = ["s3:ListBucket"]
@@ -503,30 +526,15 @@ data "aws_iam_policy_document" "s3_worker" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values = [
-        "data", "data/*", "weights", "weights/*",
-        "runs", "runs/*", "sweeps", "sweeps/*",
-      ]
-    }
-  }
-  statement {
-    sid       = "HeadBucket"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.main.arn]
-    condition {
-      test     = "Null"
-      variable = "s3:prefix"
-      values   = ["true"]
+      values   = flatten([for p in local.s3_worker_prefixes : [p, "${p}/*"]])
     }
   }
 
-  # Images, weights, and checkpoints to restore from or predict with.
+  # Checkpoints to restore from or predict with (images and weights: s3_common).
   statement {
-    sid     = "ReadInputsAndCheckpoints"
+    sid     = "ReadCheckpoints"
     actions = ["s3:GetObject"]
     resources = [
-      "${aws_s3_bucket.main.arn}/data/*",
-      "${aws_s3_bucket.main.arn}/weights/*",
       "${aws_s3_bucket.main.arn}/runs/*",
       "${aws_s3_bucket.main.arn}/sweeps/*",
     ]
@@ -582,25 +590,9 @@ data "aws_iam_policy_document" "s3_worker" {
 
   # See s3_head.
   statement {
-    sid     = "HeadPrefixRoots"
-    actions = ["s3:GetObject"]
-    resources = [
-      "${aws_s3_bucket.main.arn}/data",
-      "${aws_s3_bucket.main.arn}/weights",
-      "${aws_s3_bucket.main.arn}/runs",
-      "${aws_s3_bucket.main.arn}/sweeps",
-    ]
-  }
-
-  statement {
-    sid       = "UseBucketKeyViaS3"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.bucket.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["s3.${var.region}.amazonaws.com"]
-    }
+    sid       = "HeadPrefixRoots"
+    actions   = ["s3:GetObject"]
+    resources = formatlist("${aws_s3_bucket.main.arn}/%s", local.s3_worker_prefixes)
   }
 }
 
@@ -833,19 +825,23 @@ resource "aws_iam_role_policy_attachment" "head_autoscaler" {
 # Two ServiceAccounts, as on EC2: the head pod's (head S3 policy; KubeRay
 # scales pods itself, so no EC2 rights) and the worker pods' (worker policy).
 
+# One trust policy per ServiceAccount: each role may be assumed only by its own
+# pods' ServiceAccount, not by every pod in the EKS cluster.
 data "aws_iam_policy_document" "irsa_trust" {
-  count = var.eks_oidc_issuer == "" ? 0 : 1
+  for_each = var.eks_oidc_issuer == "" ? {} : {
+    worker = var.k8s_service_account
+    head   = var.k8s_head_service_account
+  }
   statement {
     actions = ["sts:AssumeRoleWithWebIdentity"]
     principals {
       type        = "Federated"
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:oidc-provider/${var.eks_oidc_issuer}"]
     }
-    # Only the Ray worker pods' ServiceAccount, not every pod in the EKS cluster.
     condition {
       test     = "StringEquals"
       variable = "${var.eks_oidc_issuer}:sub"
-      values   = ["system:serviceaccount:${var.k8s_namespace}:${var.k8s_service_account}"]
+      values   = ["system:serviceaccount:${var.k8s_namespace}:${each.value}"]
     }
     condition {
       test     = "StringEquals"
@@ -859,7 +855,7 @@ resource "aws_iam_role" "irsa" {
   count              = var.eks_oidc_issuer == "" ? 0 : 1
   name               = "${var.name_prefix}-ray-irsa"
   description        = "imgrec KubeRay worker pods (IRSA): S3 worker access to the imgrec bucket"
-  assume_role_policy = data.aws_iam_policy_document.irsa_trust[0].json
+  assume_role_policy = data.aws_iam_policy_document.irsa_trust["worker"].json
 }
 
 resource "aws_iam_role_policy_attachment" "irsa_s3" {
@@ -868,33 +864,11 @@ resource "aws_iam_role_policy_attachment" "irsa_s3" {
   policy_arn = aws_iam_policy.s3_worker.arn
 }
 
-data "aws_iam_policy_document" "irsa_head_trust" {
-  count = var.eks_oidc_issuer == "" ? 0 : 1
-  statement {
-    actions = ["sts:AssumeRoleWithWebIdentity"]
-    principals {
-      type        = "Federated"
-      identifiers = ["arn:${local.partition}:iam::${local.account_id}:oidc-provider/${var.eks_oidc_issuer}"]
-    }
-    # Only the Ray head pod's ServiceAccount.
-    condition {
-      test     = "StringEquals"
-      variable = "${var.eks_oidc_issuer}:sub"
-      values   = ["system:serviceaccount:${var.k8s_namespace}:${var.k8s_head_service_account}"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "${var.eks_oidc_issuer}:aud"
-      values   = ["sts.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role" "irsa_head" {
   count              = var.eks_oidc_issuer == "" ? 0 : 1
   name               = "${var.name_prefix}-ray-irsa-head"
   description        = "imgrec KubeRay head pod (IRSA): S3 head access to the imgrec bucket"
-  assume_role_policy = data.aws_iam_policy_document.irsa_head_trust[0].json
+  assume_role_policy = data.aws_iam_policy_document.irsa_trust["head"].json
 }
 
 resource "aws_iam_role_policy_attachment" "irsa_head_s3" {

@@ -89,14 +89,16 @@ def tf() -> dict:
 
 
 def load_terraform() -> dict:
-    """All infra/*.tf merged: {'resource': {type: {name: body}}, 'data': ..., 'variable': {name: body}}."""
+    """All infra/*.tf merged: {'resource': {type: {name: body}}, 'data': ..., 'variable': {name: body},
+    'locals': {name: value}}, with every aws_iam_policy_document as Terraform exports it (see
+    _effective_policy_documents)."""
     hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 not installed (dev extra)")
     options = {}
     if hasattr(hcl2, "SerializationOptions"):  # python-hcl2 >= 7
         options["serialization_options"] = hcl2.SerializationOptions(
             with_comments=False, explicit_blocks=False, strip_string_quotes=True
         )
-    merged: dict = {"resource": {}, "data": {}, "variable": {}, "output": {}}
+    merged: dict = {"resource": {}, "data": {}, "variable": {}, "output": {}, "locals": {}}
     for path in sorted(INFRA.glob("*.tf")):
         with path.open() as fh:
             doc = _plain(hcl2.load(fh, **options))
@@ -104,10 +106,69 @@ def load_terraform() -> dict:
             for block in doc.get(kind, []):
                 for rtype, named in block.items():
                     merged[kind].setdefault(rtype, {}).update(named)
-        for kind in ("variable", "output"):
+        for kind in ("variable", "output", "locals"):
             for block in doc.get(kind, []):
                 merged[kind].update(block)
+    _effective_policy_documents(merged)
     return merged
+
+
+# The two expressions infra/main.tf builds policy lists with from a local list of prefixes
+# (python-hcl2 gives each as one interpolation string); nothing more general is evaluated.
+_PREFIX_AND_BELOW = re.compile(  # flatten([for p in local.X : [p, "${p}/*"]]) -> [a, a/*, b, b/*, ...]
+    r'\$\{flatten\(\[for (\w+) in local\.(\w+) : \[\1, "\$\{\1\}/\*"\]\]\)\}')
+_UNDER_BUCKET = re.compile(  # formatlist("${aws_s3_bucket.B.arn}/%s", local.X) -> [<arn>/a, <arn>/b, ...]
+    r'\$\{formatlist\("(\$\{aws_s3_bucket\.\w+\.arn\})/%s", local\.(\w+)\)\}')
+_DOC_JSON = re.compile(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}")
+_PLAIN_REFS = re.compile(r"\$\{[\w.]+\}")  # ${aws_s3_bucket.main.arn}, ${var.region}: filled in by the tests
+
+
+def _effective_policy_documents(tf: dict) -> None:
+    """Rewrite tf's aws_iam_policy_document bodies into what Terraform exports: statements of
+    source_policy_documents first, then the document's own; the expressions above expanded.
+    Anything else that needs evaluating (another function or expression, override documents,
+    a reused sid) raises, so that no edit can make a test read a policy it did not understand."""
+    docs = tf["data"].get("aws_iam_policy_document", {})
+
+    def prefixes(name: str) -> list[str]:
+        value = tf["locals"][name]
+        assert isinstance(value, list) and all(isinstance(v, str) and "${" not in v for v in value), name
+        return value
+
+    def expand(value, where: str):
+        if isinstance(value, list):
+            return [expand(v, where) for v in value]
+        if isinstance(value, dict):
+            return {k: expand(v, where) for k, v in value.items()}
+        if not isinstance(value, str):
+            return value
+        if m := _PREFIX_AND_BELOW.fullmatch(value):
+            return [v for p in prefixes(m.group(2)) for v in (p, f"{p}/*")]
+        if m := _UNDER_BUCKET.fullmatch(value):
+            return [f"{m.group(1)}/{p}" for p in prefixes(m.group(2))]
+        not_strings = [n for n in re.findall(r"\$\{local\.(\w+)\}", value) if not isinstance(tf["locals"].get(n), str)]
+        if not_strings or "${" in _PLAIN_REFS.sub("", value):  # a list local, a function, an expression
+            raise ValueError(f"{where}: cannot evaluate {value!r} (tests/test_cluster_infra.py)")
+        return value
+
+    def effective(name: str) -> list[dict]:
+        doc = docs[name]
+        unmodelled = {"override_policy_documents", "source_json", "override_json"} & set(doc)
+        assert not unmodelled, f"{name}: {unmodelled} not modelled"
+        statements = []
+        for ref in _as_list(doc.get("source_policy_documents", [])):
+            m = _DOC_JSON.fullmatch(ref)
+            assert m, f"{name}: source_policy_documents entry {ref!r} not modelled"
+            statements += effective(m.group(1))
+        statements += [expand(st, f"{name} {st.get('sid')}") for st in _statements(doc)]
+        sids = [st["sid"] for st in statements if st.get("sid")]
+        assert len(sids) == len(set(sids)), f"{name}: a sid repeats (overrides are not modelled): {sids}"
+        return statements
+
+    resolved = {name: effective(name) for name in docs}
+    for name, statements in resolved.items():
+        body = {k: v for k, v in docs[name].items() if k not in ("statement", "source_policy_documents")}
+        docs[name] = {**body, "statement": statements}
 
 
 def _block(value) -> dict:

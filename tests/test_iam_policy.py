@@ -1,6 +1,8 @@
 """What the cluster's roles may do, evaluated from infra/*.tf: (role, action, key) cases
 run through a small IAM policy evaluator over the parsed Terraform (python-hcl2; no
-`terraform init`, no provider, no AWS).
+`terraform init`, no provider, no AWS). The documents are read as Terraform exports them
+(source_policy_documents merged, the prefix lists expanded: load_terraform
+in tests/test_cluster_infra.py, which refuses any expression it does not evaluate).
 
 The evaluator follows AWS's rules for the parts these policies use:
   * an explicit Deny in any applicable statement wins; otherwise an Allow in the
@@ -11,9 +13,11 @@ The evaluator follows AWS's rules for the parts these policies use:
     operators String(Not)Equals, String(Not)Like, ArnEquals/ArnLike, Bool, Null,
     NumericLessThan, each with ``IfExists``; a missing key makes a condition false,
     except for the negated operators, ``...IfExists`` and ``Null``.
+  * a bucket policy statement applies to its principals: ``*``, or a service principal
+    named exactly (S3 log delivery, which only the logs bucket's policy authorises).
 Limits (what it does not model, so what these cases cannot show): NotAction,
 NotResource and NotPrincipal (it refuses a statement using them); principals other
-than ``*`` in the bucket policy; multi-valued request keys (ForAnyValue/ForAllValues);
+than ``*`` in the main bucket's policy; multi-valued request keys (ForAnyValue/ForAllValues);
 policy variables; the KMS key policy (it delegates to IAM: see infra/main.tf); SCPs,
 permission boundaries and session policies; which context keys AWS really sends
 with a request: each case states its keys, as an assumption. A case here is what
@@ -31,6 +35,7 @@ from test_cluster_infra import _as_list, _default, _statements, load_terraform
 
 ACCOUNT, REGION = "111122223333", "us-east-1"
 BUCKET_ARN = "arn:aws:s3:::imgrec-test"
+LOGS_BUCKET_ARN = "arn:aws:s3:::imgrec-test-logs"
 KMS_KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0000-test"
 EC2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
 VPC_ID = "vpc-0cluster"
@@ -39,6 +44,7 @@ WORKER_PROFILE_ARN = f"arn:aws:iam::{ACCOUNT}:instance-profile/imgrec-ray-cluste
 # Values of the references the policies use (what `terraform apply` would fill in).
 REFS = {
     "aws_s3_bucket.main.arn": BUCKET_ARN,
+    "aws_s3_bucket.logs.arn": LOGS_BUCKET_ARN,
     "aws_kms_key.bucket.arn": KMS_KEY_ARN,
     "aws_iam_role.cluster.arn": f"arn:aws:iam::{ACCOUNT}:role/imgrec-ray-cluster",
     "aws_iam_instance_profile.cluster.arn": WORKER_PROFILE_ARN,
@@ -128,16 +134,32 @@ class Decision:
     by: list[str] = field(default_factory=list)  # policy.sid of the deciding statements
 
 
+def _principals(st: dict) -> set[str]:
+    """A bucket policy statement's principals as "*" or "Type:identifier"."""
+    blocks = _as_list(st.get("principals", []))
+    return {"*" if b["type"] == "*" else f"{b['type']}:{i}" for b in blocks for i in _as_list(b["identifiers"])}
+
+
 def evaluate(tf, role: str, action: str, resource: str, context: dict | None = None) -> Decision:
-    context = context or {}
-    resolve = _resolver(tf)
     docs = tf["data"]["aws_iam_policy_document"]
     statements = [(name, st) for name in ROLES[role] for st in _statements(docs[name])]
     # Resource-based: the main bucket's policy, statements for every principal ("*").
     for st in _statements(docs["main_bucket"]):
-        principals = [p for block in _as_list(st.get("principals", [])) for p in _as_list(block["identifiers"])]
-        assert principals == ["*"], f"main_bucket {st.get('sid')}: principals other than * are not modelled"
+        assert _principals(st) == {"*"}, f"main_bucket {st.get('sid')}: principals other than * are not modelled"
         statements.append(("main_bucket", st))
+    return _decide(tf, statements, action, resource, context)
+
+
+def evaluate_service(tf, service: str, bucket_policy: str, action: str, resource: str, context: dict) -> Decision:
+    """A request by an AWS service principal, which only the bucket's own policy can allow."""
+    statements = [(bucket_policy, st) for st in _statements(tf["data"]["aws_iam_policy_document"][bucket_policy])
+                  if _principals(st) & {"*", f"Service:{service}"}]
+    return _decide(tf, statements, action, resource, context)
+
+
+def _decide(tf, statements: list, action: str, resource: str, context: dict | None) -> Decision:
+    context = context or {}
+    resolve = _resolver(tf)
     matched = [(name, st) for name, st in statements if _applies(st, action, resource, context, resolve)]
     denies = [f"{n}.{s.get('sid')}" for n, s in matched if s.get("effect", "Allow") == "Deny"]
     if denies:
@@ -279,6 +301,23 @@ def test_uploads_must_use_the_bucket_kms_key(tf, role, headers, allowed):
 ])
 def test_bucket_requires_tls_1_2(tf, transport, allowed):
     decision = evaluate(tf, "head", "s3:GetObject", f"{BUCKET_ARN}/data/pets/train/cat/001.jpg", transport)
+    assert (decision.effect == "Allow") is allowed, decision
+
+
+# S3 server access logs: the logging service delivers them over TLS (1.2+), for our bucket only.
+LOG_DELIVERY = {"aws:SourceArn": BUCKET_ARN, "aws:SourceAccount": ACCOUNT}
+LOG_OBJECT = f"{LOGS_BUCKET_ARN}/s3-access/imgrec-test/2026-12-01-10-00-00-0123456789ABCDEF"
+
+
+@pytest.mark.parametrize(("context", "allowed"), [
+    ({**TLS, **LOG_DELIVERY}, ALLOW),
+    ({"aws:SecureTransport": True, "s3:TlsVersion": "1.2", **LOG_DELIVERY}, ALLOW),
+    ({"aws:SecureTransport": True, "s3:TlsVersion": "1.1", **LOG_DELIVERY}, DENY),
+    ({"aws:SecureTransport": False, "s3:TlsVersion": "1.2", **LOG_DELIVERY}, DENY),
+    ({**TLS, **LOG_DELIVERY, "aws:SourceArn": "arn:aws:s3:::someone-elses-bucket"}, DENY),
+])
+def test_logs_bucket_takes_log_delivery_over_tls_1_2_only(tf, context, allowed):
+    decision = evaluate_service(tf, "logging.s3.amazonaws.com", "logs_bucket", "s3:PutObject", LOG_OBJECT, context)
     assert (decision.effect == "Allow") is allowed, decision
 
 
