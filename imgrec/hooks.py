@@ -278,7 +278,7 @@ class CheckpointHook(Hook):
             run = ray.train.get_context().get_storage()
             dest = f"{run.experiment_fs_path}/{dir_name}"
             names = sorted(os.listdir(checkpoint.path), key=lambda n: n == ckpt.MANIFEST_FILE)  # manifest last
-            run.storage_filesystem.create_dir(dest, recursive=True)  # a no-op on S3
+            run.storage_filesystem.create_dir(dest, recursive=True)  # on S3: a HeadBucket and an empty marker per parent
             for name in names:
                 pyarrow.fs.copy_files(os.path.join(checkpoint.path, name), f"{dest}/{name}",
                                       source_filesystem=pyarrow.fs.LocalFileSystem(),
