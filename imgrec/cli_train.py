@@ -46,6 +46,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("early_stopping", ("early_stopping_patience",), "Stop after N epochs without val_accuracy gain."),
     Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first."),
     Option("fine_tune_lr_factor", ("fine_tune_lr_factor",), "Two-stage: stage-two lr = lr x factor."),
+    Option("class_weight", ("class_weight",), "Loss weight per class: none, balanced (n / (classes x count), "
+           "from the training split) or JSON such as '{\"cat\": 1, \"dog\": 3}' (unnamed classes: 1).", kind=str),
     Option("seed", ("seed",), "Random seed."),
     Option("keep", ("keep_checkpoints",), "Best checkpoints kept (the latest is kept too)."),
     Option("checkpoint_every", ("checkpoint_every",), "Epochs between checkpoints (an improving epoch and the "

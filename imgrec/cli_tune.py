@@ -53,6 +53,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     Option("search", ("search",), "auto: optuna if installed, else random.", choices=SWEEP_SEARCHES),
     _base("head"),
     _base("optimizer"),
+    _base("class_weight"),
     _base("validation_split"),
     Option("seed", ("base.seed", "seed"), "Training and search seed."),
     Option("evaluate", ("evaluate",), "Evaluate the best checkpoint on the test tree."),

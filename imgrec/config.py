@@ -229,9 +229,13 @@ class TrainConfig:
     max_failures: int = 1  # Ray restarts the worker group from the last checkpoint
     evaluate: bool = True  # evaluate on <data>/test (or the validation split) at the end
     report: bool = True
+    # Loss weight per class: "none" | "balanced" (n / (classes * count), training split) | JSON
+    # '{"cat": 1, "dog": 3}' (or that dict; unnamed classes weigh 1). See resolve_class_weights.
+    class_weight: str | dict[str, float] = "none"
 
     def __post_init__(self) -> None:
         self.workers = parse_workers(self.workers)
+        parse_class_weight(self.class_weight)
         if self.workers != "auto" and self.batch_size < self.workers:
             raise ConfigError(
                 f"batch_size {self.batch_size} is the global batch and must be >= workers ({self.workers})",
@@ -279,6 +283,58 @@ _TRAIN_COUNTS = (
     ("early_stopping_patience", 0, " (0 or unset: no early stopping)"),
     ("max_failures", -1, " (-1: restart without limit)"),
 )
+
+
+CLASS_WEIGHT_MODES = ("none", "balanced")
+
+
+def parse_class_weight(value: str | dict[str, float] | None) -> str | dict[str, float]:
+    """``class_weight`` as ``"none"``, ``"balanced"`` or a dict class name -> weight (finite,
+    >= 0); refused with one line naming the field. Class names are checked
+    against the data by ``resolve_class_weights`` (and ``imgrec.preflight`` for a tree)."""
+    hint = 'give none, balanced or JSON like {"cat": 1, "dog": 3}'
+    if value is None or (isinstance(value, str) and value.strip() in CLASS_WEIGHT_MODES + ("",)):
+        return (value or "none").strip() or "none"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"class_weight {value!r} is neither none, balanced nor JSON ({exc.msg}); {hint}",
+                              "class_weight") from None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"class_weight must map class names to weights, got {value!r}; {hint}", "class_weight")
+    weights = {}
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+            raise ConfigError(f"class_weight of {name!r} must be a number >= 0, got {weight!r}", "class_weight")
+        weights[str(name)] = float(weight)
+    return weights
+
+
+def resolve_class_weights(value: str | dict[str, float], class_names: list[str],
+                          train_counts: list[int] | None) -> list[float] | None:
+    """The loss weight of each class (in ``class_names`` order), or None for ``none``.
+    ``balanced``: n_samples / (n_classes * count_c) from the training split's counts,
+    as scikit-learn and Keras' docs define it (a class with no training image: 0).
+    A mapping: its weights, 1 for a class it does not name; an unknown name is refused."""
+    spec = parse_class_weight(value)
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        if train_counts is None or len(train_counts) != len(class_names):
+            raise ValueError(f"balanced class weights need the training count of each of {len(class_names)} "
+                             f"classes, got {train_counts!r}")
+        total = sum(train_counts)
+        return [total / (len(class_names) * c) if c else 0.0 for c in train_counts]
+    unknown = sorted(set(spec) - set(class_names))
+    if unknown:
+        raise ConfigError(f"class_weight names unknown class(es) {unknown}; the classes are {list(class_names)}",
+                          "class_weight")
+    weights = [spec.get(name, 1.0) for name in class_names]
+    if not any(weights):
+        raise ConfigError(f"class_weight gives every class weight 0 ({spec}); nothing would be learned",
+                          "class_weight")
+    return weights
 
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")

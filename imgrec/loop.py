@@ -11,7 +11,8 @@ cannot load. The route proven here:
 * each worker's Ray Data shard is fed straight into ``strategy.run``, batched at
   ``global batch // workers`` (Ray already split and prefetches it; a tf.data
   pipeline in between stalled every epoch on its iterator's teardown); losses use
-  ``tf.nn.compute_average_loss`` with the global batch size;
+  ``tf.nn.compute_average_loss`` with the global batch size (with ``--class-weight``, of
+  the class-weighted per-example losses: Keras' ``class_weight``);
 * every hook runs on every rank, in the same order: saving reads sync-on-read
   BatchNorm statistics, a collective, so a save on one rank alone can hang.
 
@@ -96,7 +97,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> WorkerLoop:
         cfg=cfg, run=RunLayout(loop_config["run_uri"]), rank=ctx.get_world_rank(), world=world,
         class_names=loop_config["class_names"], manifest_base=loop_config["manifest_base"],
         steps_per_epoch=max(1, loop_config["train_rows"] // world // per_worker), global_batch=per_worker * world,
-        val_rows=loop_config["val_rows"],
+        val_rows=loop_config["val_rows"], class_weights=loop_config.get("class_weights"),
         startup=startup,
     )
 
@@ -216,12 +217,13 @@ def step_functions(loop: WorkerLoop):
 
     model, strategy = loop.model, loop.strategy
     loss_fn, correct_count = per_example_loss(len(loop.class_names)), correct_counter(len(loop.class_names))
+    weigh = class_weighting(loop.class_weights)
     variables = model.trainable_variables  # traced again per stage: the trainable set differs
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            per_example = loss_fn(y, probs)
+            per_example = weigh(y, loss_fn(y, probs))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=loop.global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -296,6 +298,23 @@ def per_example_loss(num_classes: int):
             return keras.losses.sparse_categorical_crossentropy(y, probs)
         return binary
     return lambda y, probs: keras.losses.sparse_categorical_crossentropy(y, probs)
+
+
+def class_weighting(class_weights: list[float] | None):
+    """``(y, per_example_loss) -> weighted per-example loss``: each example's loss times
+    its class's weight (identity without weights). Summed and divided by the GLOBAL
+    batch by ``compute_average_loss``, this is Keras' ``class_weight``: a sample-weighted
+    sum over the batch size, not over the sum of the weights. Validation stays unweighted."""
+    import tensorflow as tf
+
+    if class_weights is None:
+        return lambda y, per_example: per_example
+    table = tf.constant(class_weights, tf.float32)
+
+    def weigh(y, per_example):
+        return per_example * tf.cast(tf.gather(table, y), per_example.dtype)
+
+    return weigh
 
 
 def correct_counter(num_classes: int):
@@ -520,11 +539,14 @@ def _train_as_val(metrics: dict[str, Any]) -> dict[str, float]:
 
 def loop_config(cfg: TrainConfig, *, class_names: list[str], run: RunLayout, train_rows: int, val_rows: int,
                 manifest_base: dict[str, Any], resume_checkpoint: str | None, options: LoopOptions | None,
-                hooks: list | None, driver_phases: dict[str, float]) -> dict[str, Any]:
+                hooks: list | None, driver_phases: dict[str, float],
+                class_weights: list[float] | None = None) -> dict[str, Any]:
     """What the driver sends every worker (JSON-ready but for the extra hooks).
-    ``handed_over_at``: when the driver hands the run to Ray Train (wall clock)."""
+    ``handed_over_at``: when the driver hands the run to Ray Train (wall clock);
+    ``class_weights``: the resolved loss weight per class, or None."""
     return {
-        "train": to_dict(cfg), "class_names": class_names, "run_uri": run.uri, "train_rows": train_rows,
+        "train": to_dict(cfg), "class_names": class_names, "class_weights": class_weights, "run_uri": run.uri,
+        "train_rows": train_rows,
         "val_rows": val_rows, "manifest_base": manifest_base, "resume_checkpoint": resume_checkpoint,
         "options": to_dict(options or LoopOptions()), "hooks": list(hooks or []),
         "driver_phases": dict(driver_phases), "handed_over_at": time.time(),

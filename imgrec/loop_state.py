@@ -47,6 +47,7 @@ class WorkerLoop:
     steps_per_epoch: int
     global_batch: int
     val_rows: int = 0
+    class_weights: list[float] | None = None  # loss weight per class (class_names order); None: unweighted
     strategy: Any = None
     model: Any = None
     start_epoch: int = 0

@@ -21,7 +21,15 @@ from contextlib import contextmanager
 
 from imgrec import checkpoint as ckpt
 from imgrec import models, storage
-from imgrec.config import ConfigError, PredictConfig, SweepConfig, TrainConfig, replace
+from imgrec.config import (
+    ConfigError,
+    PredictConfig,
+    SweepConfig,
+    TrainConfig,
+    parse_class_weight,
+    replace,
+    resolve_class_weights,
+)
 from imgrec.data.tree import DataError, list_image_tree
 from imgrec.decode import IMAGE_SUFFIXES
 from imgrec.models.registry import ModelSpec, check_model_config, check_size, weights_kind
@@ -106,6 +114,7 @@ def check_inputs(cfg: TrainConfig, *, data: bool = True) -> None:
     if data:
         with blame("data.uri"):
             check_data(cfg.data.uri)
+        check_class_weight(cfg)
     with blame("model.weights"):
         check_weights(cfg.model.weights)
 
@@ -132,6 +141,14 @@ def check_data(uri: str) -> None:
         if len(classes) >= 2:
             return
     list_image_tree(root)  # raises, naming what is wrong with the tree
+
+
+def check_class_weight(cfg: TrainConfig) -> None:
+    """A ``class_weight`` mapping names only classes of the tree (its full listing, no
+    decode); ``none``, ``balanced`` and named datasets are resolved by the driver."""
+    if not isinstance(parse_class_weight(cfg.class_weight), dict) or cfg.data.uri in NAMED_DATASETS:
+        return
+    resolve_class_weights(cfg.class_weight, list_image_tree(storage.normalize(cfg.data.uri)).class_names, None)
 
 
 def check_weights(weights: str | None) -> None:

@@ -118,6 +118,16 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _balance_table(test: dict[str, Any], cfg) -> str:
+    """Scores that an imbalanced test set does not flatter, and the loss's class weighting."""
+    rows = [["accuracy", test["accuracy"]]]
+    rows += [[label, test[key]] for key, label in (("balanced_accuracy", "balanced accuracy"),
+                                                   ("macro_f1", "macro-F1")) if key in test]
+    weight = getattr(cfg, "class_weight", "none")
+    rows.append(["class weight", weight if isinstance(weight, str) else json.dumps(weight)])
+    return _table(rows, ["score", "value"])
+
+
 def render_html(title: str, sections: list[tuple[str, str]]) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse;}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;}pre{background:#f6f6f6;padding:1em;}")
@@ -134,7 +144,8 @@ def write_run_report(result, cfg) -> str:
     if test:
         sections.append(("Result", f"<p>Test accuracy <b>{test['accuracy']:.4f}</b> on {test['count']} images "
                                    f"({html.escape(test['split'])} split), best checkpoint "
-                                   f"<code>{html.escape(str(result.best_checkpoint))}</code>.</p>"))
+                                   f"<code>{html.escape(str(result.best_checkpoint))}</code>.</p>"
+                                   + _balance_table(test, cfg)))
     if result.history:
         storage.atomic_write(run.history_plot, history_png(result.history))
         keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_s"]
@@ -145,9 +156,10 @@ def write_run_report(result, cfg) -> str:
         sections.append(("Where the time went", _timing_section(run, result)))
     if test:
         storage.atomic_write(run.confusion_plot, confusion_png(test["confusion"], test["class_names"]))
-        rows = [[name, m["precision"], m["recall"], m["support"]] for name, m in test["per_class"].items()]
+        rows = [[name, m["precision"], m["recall"], m.get("f1", ""), m["support"]]
+                for name, m in test["per_class"].items()]
         sections.append(("Confusion matrix", f"<img src='{RunLayout.confusion_plot.name}' alt='confusion matrix'>"
-                         + _table(rows, ["class", "precision", "recall", "support"])))
+                         + _table(rows, ["class", "precision", "recall", "F1", "support"])))
     if result.restarts:
         epochs = ", ".join(str(r["from_epoch"]) for r in result.restarts)
         sections.append((f"Worker failures ({len(result.restarts)})",

@@ -12,7 +12,15 @@ from typing import Any
 
 from imgrec import checkpoint as ckpt
 from imgrec import evaluate, models, preflight, report, storage
-from imgrec.config import ConfigError, TrainConfig, from_dict, replace, to_dict
+from imgrec.config import (
+    ConfigError,
+    TrainConfig,
+    from_dict,
+    parse_class_weight,
+    replace,
+    resolve_class_weights,
+    to_dict,
+)
 from imgrec.data import augmented, load_dataset
 from imgrec.hooks import Hook, read_history
 from imgrec.layout import RunLayout
@@ -82,11 +90,13 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     if data.counts["train"] < cfg.batch_size:
         raise ValueError(f"only {data.counts['train']} training images for a global batch of {cfg.batch_size}; "
                          "lower --batch-size")
+    class_weights = _class_weights(cfg, data)  # before Ray Train starts: an unknown class name is refused here
     datasets = {"train": augmented(data.train, cfg.augment)}
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
     config = loop_config(cfg, class_names=data.class_names, run=run, train_rows=data.counts["train"],
-                         val_rows=data.counts["val"] if "val" in datasets else 0, manifest_base=_manifest_base(cfg, data),
+                         val_rows=data.counts["val"] if "val" in datasets else 0,
+                         manifest_base=_manifest_base(cfg, data, class_weights), class_weights=class_weights,
                          resume_checkpoint=resume_checkpoint, options=loop_options, hooks=hooks,
                          driver_phases=phases)
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
@@ -161,8 +171,25 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     return resumed, latest.uri
 
 
-def _manifest_base(cfg: TrainConfig, data) -> dict[str, Any]:
-    """What every checkpoint of the run records besides its epoch and metrics."""
+def _class_weights(cfg: TrainConfig, data) -> list[float] | None:
+    """The loss weight of each class (``cfg.class_weight`` resolved on the training
+    split's class counts), or None: unweighted."""
+    counts = data.class_counts.get("train")
+    if counts is None and parse_class_weight(cfg.class_weight) == "balanced":  # a dataset made without counting: count its labels
+        counts = [0] * len(data.class_names)
+        for batch in data.train.select_columns(["label"]).iter_batches(batch_size=4096, batch_format="numpy"):
+            for label in batch["label"]:
+                counts[int(label)] += 1
+    weights = resolve_class_weights(cfg.class_weight, data.class_names, counts)
+    if weights is not None:
+        print("[imgrec] class weights: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(data.class_names, weights,
+                                                                                   strict=True)), flush=True)
+    return weights
+
+
+def _manifest_base(cfg: TrainConfig, data, class_weights: list[float] | None = None) -> dict[str, Any]:
+    """What every checkpoint of the run records besides its epoch and metrics;
+    ``class_weights``: the resolved loss weight per class name (None: unweighted)."""
     spec = models.get_spec(cfg.model.name)
     return {
         "run_name": cfg.run_name,
@@ -175,6 +202,7 @@ def _manifest_base(cfg: TrainConfig, data) -> dict[str, Any]:
         "data": {"uri": data.source, "split_seed": data.split_seed, "validation_split": data.validation_split,
                  "counts": data.counts, "bad_files": len(data.bad_files)},
         "train_config": to_dict(cfg),
+        "class_weights": None if class_weights is None else dict(zip(data.class_names, class_weights, strict=True)),
     }
 
 

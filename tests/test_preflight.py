@@ -111,6 +111,10 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
         "fine-tune factor": (train + ["--fine-tune-lr-factor", "0"], "--fine-tune-lr-factor must be > 0"),
         "keep": (train + ["--keep", "0"], "--keep must be >= 1"),
         "cpus": (train + ["--cpus-per-worker", "0"], "--cpus-per-worker must be > 0"),
+        "class weight syntax": (train + ["--class-weight", "balance"], "--class-weight 'balance' is neither none"),
+        "class weight negative": (train + ["--class-weight", '{"a": -1}'], "--class-weight of 'a' must be a number"),
+        "class weight unknown class": (train + ["--class-weight", '{"nosuch": 2}'],
+                                       "--class-weight names unknown class(es) ['nosuch']"),
         "resume missing": (["train", "--resume", "/nonexistent"], "--resume: /nonexistent: nothing there"),
         "tune data missing": (["tune", "--data", "/nonexistent", "--storage", f"{work}/sweeps", "--name", "n2"],
                               "--data: /nonexistent"),
@@ -155,6 +159,7 @@ CASE_NAMES = [
     "weights missing", "inspect missing", "tune model", "freeze depth", "storage bucket missing",
     "storage without credentials", "one class", "data is a file", "weights on a scratch model", "alpha",
     "image size", "batch size", "head epochs", "head epochs, no backbone", "fine-tune factor", "keep", "cpus",
+    "class weight syntax", "class weight negative", "class weight unknown class",
     "resume missing", "tune data missing", "tune weights missing", "tune freeze depths, no backbone",
     "tune batch sizes", "predict input missing", "predict output bucket missing",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,9 @@ class ImageDataset:
     decode: DecodeConfig
     split_seed: int
     validation_split: float
+    # Images per class (class_names order) of each split's good rows: {"train": [...], ...};
+    # what balanced class weights are computed from. Empty when the maker did not count.
+    class_counts: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         bad = f", {len(self.bad_files)} bad files skipped" if self.bad_files else ""
@@ -239,6 +242,7 @@ def _load_arrays(cfg: DataConfig, arrays: tuple, class_names: list[str] | None) 
         val=_array_dataset(x_tr, val_recs, decode),
         test=_array_dataset(x_te, test_recs, decode),
         counts={"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)},
+        class_counts={"train": class_counts(train_recs, [], len(names))},
         bad_files=[],
         source=cfg.uri or "arrays",
         decode=decode,
@@ -283,12 +287,20 @@ def load_dataset(
         val=val,
         test=test,
         counts={"train": n_train, "val": n_val, "test": n_test},
+        class_counts={"train": class_counts(train_recs, train_bad, len(tree.class_names))},
         bad_files=bad,
         source=tree.root,
         decode=decode,
         split_seed=cfg.split_seed,
         validation_split=cfg.validation_split,
     )
+
+
+def class_counts(records: list[dict], bad: list[dict[str, str]], n_classes: int) -> list[int]:
+    """Images per label among ``records`` but the ``bad`` ones (their decoded rows)."""
+    skipped = {b["path"] for b in bad}
+    counts = Counter(int(r["label"]) for r in records if str(r["path"]) not in skipped)
+    return [counts.get(i, 0) for i in range(n_classes)]
 
 
 def augmented(ds, augment: AugmentConfig):
