@@ -89,6 +89,14 @@ def test_every_option_s_help_default_is_what_the_config_gets(index):
             assert get_path(cfg, path) == expected, (click_command.name, param.name, path, shown)
 
 
+def test_class_weight_is_an_option_of_every_training_command_with_the_config_default():
+    """--class-weight (train, transfer, tune's base run) shows the config's default, which the
+    help-default test above then checks option by option."""
+    for click_command, *_ in _commands()[:3]:
+        param = next(p for p in click_command.params if p.name == "class_weight")
+        assert param.opts == ["--class-weight"] and param.default == "none" == TrainConfig().class_weight
+
+
 def test_transfer_and_tune_share_the_training_options():
     """tune's base-run options are the training commands' (same help), and the
     shown defaults are the transfer job's (the old tune --help said the image

@@ -108,6 +108,22 @@ def test_report_and_plots_in_run_folder(trained_run):
     assert "history.png" in html and "confusion.png" in html and "Test accuracy" in html
 
 
+def test_evaluation_has_the_imbalance_scores(trained_run):
+    """evaluation.json and the report carry macro-F1, balanced accuracy and per-class
+    F1; the shared run is unweighted (--class-weight none), as its manifest records."""
+    from imgrec.layout import RunLayout
+
+    _, result = trained_run
+    scores = json.loads(storage.read_text(RunLayout(result.run_uri).evaluation))
+    assert 0 <= scores["macro_f1"] <= 1 and 0 <= scores["balanced_accuracy"] <= 1
+    assert set(scores["per_class"]) == set(result.class_names)
+    assert all({"precision", "recall", "f1", "support"} <= set(m) for m in scores["per_class"].values())
+    assert scores["balanced_accuracy"] == pytest.approx(np.mean([m["recall"] for m in scores["per_class"].values()]))
+    manifest = ckpt.read_manifest(result.best_checkpoint)
+    assert manifest["class_weights"] is None and manifest["train_config"]["class_weight"] == "none"
+    assert "macro-F1" in storage.read_text(result.report_uri)
+
+
 def test_every_epoch_has_a_time_breakdown_with_little_unaccounted(trained_run):
     """history.json splits each epoch's wall clock into timed phases; what no phase
     covers stays under 10 %, and the report draws it ("Where the time went")."""
