@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from imgrec import checkpoint as ckpt
 from imgrec import evaluate, models, preflight, report, storage
 from imgrec.config import (
@@ -175,11 +177,11 @@ def _class_weights(cfg: TrainConfig, data) -> list[float] | None:
     """The loss weight of each class (``cfg.class_weight`` resolved on the training
     split's class counts), or None: unweighted."""
     counts = data.class_counts.get("train")
-    if counts is None and parse_class_weight(cfg.class_weight) == "balanced":  # a dataset made without counting: count its labels
+    if counts is None and parse_class_weight(cfg.class_weight) == "balanced":  # a dataset made without counting
         counts = [0] * len(data.class_names)
         for batch in data.train.select_columns(["label"]).iter_batches(batch_size=4096, batch_format="numpy"):
-            for label in batch["label"]:
-                counts[int(label)] += 1
+            for label, n in zip(*np.unique(batch["label"], return_counts=True), strict=True):
+                counts[int(label)] += int(n)
     weights = resolve_class_weights(cfg.class_weight, data.class_names, counts)
     if weights is not None:
         print("[imgrec] class weights: " + ", ".join(f"{n} {w:.4g}" for n, w in zip(data.class_names, weights,
