@@ -6,7 +6,7 @@ MultiWorkerMirroredStrategy (keras-team/keras#20585, ``PerReplica`` errors), and
 the tf-keras route needs a flag in every process and writes files plain Keras 3
 cannot load. The route proven here:
 
-* the model is built and compiled (optimizer included) inside ``strategy.scope()``,
+* the model is built and compiled (optimizer, loss and metrics) inside ``strategy.scope()``,
   so ``model.keras`` carries optimizer state and resume continues it;
 * each worker's Ray Data shard is fed straight into ``strategy.run``, batched at
   ``global batch // workers`` (Ray already split and prefetches it; a tf.data
@@ -134,7 +134,8 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
             loop.model = models.build_model(cfg.model, len(loop.class_names), tuple(cfg.data.decode.image_size))
             if cfg.head_epochs > 0:
                 models.set_freeze_depth(loop.model, "all")
-            loop.model.compile(optimizer=make_optimizer(cfg, loop.steps_per_epoch))
+            # With loss and metrics, for plain Keras users of a checkpoint; the loop computes its own.
+            models.compile_model(loop.model, make_optimizer(cfg, loop.steps_per_epoch), len(loop.class_names))
             # The optimizer must know every variable that any stage will train, so
             # stage two can continue its state: build it on the stage-two set.
             with final_stage_trainable(loop.model, cfg, "all" if cfg.head_epochs > 0 else cfg.model.freeze_depth):

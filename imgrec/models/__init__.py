@@ -33,9 +33,9 @@ from imgrec.models.registry import (
 
 # name -> the submodule defining it, imported when the name is first used (Keras loads then).
 _LAZY = {
-    **dict.fromkeys(("ReverseChannels", "preprocessing_layers", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB",
+    **dict.fromkeys(("ReverseChannels", "caffe_layer", "preprocessing_layers", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB",
                      "CAFFE_MEAN_BGR"), "layers"),
-    **dict.fromkeys(("build_model", "build_backbone", "WeightsDownloadError"), "build"),
+    **dict.fromkeys(("build_model", "build_backbone", "compile_model", "WeightsDownloadError"), "build"),
     **dict.fromkeys(("get_backbone", "backbone_layers", "backbone_layer_count", "set_freeze_depth", "frozen_depth",
                      "block_boundaries"), "freeze"),
     **dict.fromkeys(("WeightsMismatchError", "fetch_weights", "load_backbone_weights", "save_backbone_weights",

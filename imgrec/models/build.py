@@ -4,9 +4,9 @@ The contract every built model keeps:
 
 * **Input**: raw ``uint8`` pixels, shape ``(h, w, 3)``, RGB. Pixel scaling lives
   INSIDE the model as serializable layers (``imgrec.models.layers``) so training,
-  evaluation and batch prediction can never disagree about preprocessing, and a
-  checkpoint loads with ``keras.models.load_model(path, safe_mode=True)`` once
-  ``imgrec.models.layers`` has registered our one custom layer.
+  evaluation and batch prediction can never disagree about preprocessing. They
+  are built-in Keras layers only, so a checkpoint loads with a bare
+  ``keras.models.load_model(path)`` (safe mode on) where imgrec is not installed.
 * **Output**: probabilities (``imgrec.models.outputs``).
 * **Backbones** (``include_top=False``) are a nested sub-model named
   ``"backbone"``, so ``get_backbone`` finds it again after a save/load round
@@ -22,6 +22,7 @@ import keras
 from imgrec.config import ConfigError, ModelConfig
 from imgrec.models.freeze import set_freeze_depth
 from imgrec.models.layers import fix_efficientnet_normalization, preprocessing_layers
+from imgrec.models.outputs import loss_name
 from imgrec.models.registry import (
     BACKBONE_NAME,
     ModelSpec,
@@ -69,7 +70,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
     backbones, ``cfg.weights`` is ``"none"``, ``"imagenet"`` or a local/s3://
     weights file (see ``load_backbone_weights``) and ``cfg.freeze_depth`` the
     number of backbone layers to freeze (``"all"``: feature extraction only).
-    The model is not compiled: compile after any freezing change."""
+    The model is not compiled: ``compile_model`` it after any freezing change."""
     spec = get_spec(cfg.name)
     check_num_classes(num_classes)
     h, w = check_size(spec, image_size)
@@ -99,6 +100,16 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
                 layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
         set_freeze_depth(model, cfg.freeze_depth)
+    return model
+
+
+def compile_model(model: keras.Model, optimizer, num_classes: int) -> keras.Model:
+    """Compile with ``optimizer`` and the output contract's loss and accuracy.
+
+    imgrec's loop computes its own loss; the loss and metrics are compiled in so
+    that a checkpoint is complete for plain Keras: ``keras.models.load_model(path)
+    .evaluate(x_uint8, y)`` works with no arguments and without imgrec."""
+    model.compile(optimizer=optimizer, loss=loss_name(num_classes), metrics=["accuracy"])
     return model
 
 

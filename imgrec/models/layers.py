@@ -1,8 +1,11 @@
-"""The in-model preprocessing: serializable layers turning uint8 RGB pixels into
+"""The in-model preprocessing: built-in Keras layers turning uint8 RGB pixels into
 what each network expects (never ``Lambda``: Keras' safe mode refuses those).
 
-Importing this module registers ``ReverseChannels`` with Keras, which loading
-a checkpoint in safe mode needs (``imgrec.checkpoint`` imports it for that).
+Only built-in layers, so a checkpoint loads with a bare
+``keras.models.load_model(path)`` where imgrec is not installed. Importing this
+module still registers the legacy ``ReverseChannels`` layer, which checkpoints
+written before the caffe mode became a frozen 1x1 convolution contain
+(``imgrec.checkpoint`` imports it for those).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 class ReverseChannels(keras.layers.Layer):
     """RGB -> BGR (and back), as float: caffe-style backbones were trained on BGR.
 
-    A named, registered layer rather than a Lambda, because Keras' safe mode
-    refuses to deserialize Lambda layers."""
+    Legacy: new models use ``caffe_layer()`` (built-in layers only). Kept, under
+    its registered name ``imgrec>ReverseChannels``, so checkpoints written with
+    it still load (with imgrec importable)."""
 
     def call(self, inputs):
         return keras.ops.flip(keras.ops.cast(inputs, self.compute_dtype), axis=-1)
@@ -37,15 +41,32 @@ class ReverseChannels(keras.layers.Layer):
         return input_shape
 
 
+def caffe_layer(name: str = "caffe_bgr_mean") -> keras.layers.Layer:
+    """RGB -> BGR and minus the ImageNet BGR mean, as one frozen 1x1 convolution on
+    float pixels: its kernel is the channel permutation (exact: products with 0
+    and 1), its bias the negated mean (the same float32 subtraction as
+    ``Normalization(mean, variance=1)``). The values live in ``Constant``
+    initializers too, so a rebuild from the config (``clone_model``) is exact."""
+    kernel = np.zeros((1, 1, 3, 3), "float32")
+    for i in range(3):
+        kernel[0, 0, i, 2 - i] = 1.0  # input channel i (RGB) -> output channel 2 - i (BGR)
+    return keras.layers.Conv2D(
+        3, 1, use_bias=True, name=name, trainable=False,
+        kernel_initializer=keras.initializers.Constant(kernel.tolist()),
+        bias_initializer=keras.initializers.Constant([-m for m in CAFFE_MEAN_BGR]),
+    )
+
+
 def preprocessing_layers(name: str) -> list[keras.layers.Layer]:
-    """Fresh layers turning uint8 RGB pixels into what the network expects,
-    matching ``keras.applications.<module>.preprocess_input`` exactly (to float32
-    rounding):
+    """Fresh built-in Keras layers turning uint8 RGB pixels into what the network
+    expects, matching ``keras.applications.<module>.preprocess_input`` exactly (to
+    float32 rounding); none has a trainable weight:
 
     * ``rescale_0_1``: x / 255 (the course's ``rescale=1./255``)
     * ``tf``: x / 127.5 - 1
     * ``torch``: (x / 255 - ImageNet mean) / ImageNet std, per RGB channel
-    * ``caffe``: RGB -> BGR, then minus the ImageNet BGR mean (no scaling)
+    * ``caffe``: a cast to float, then RGB -> BGR minus the ImageNet BGR mean
+      (no scaling) as a frozen 1x1 convolution (``caffe_layer``)
     * ``none``: only a cast to float; the backbone normalises inside itself
       (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3)
     """
@@ -64,10 +85,8 @@ def preprocessing_layers(name: str) -> list[keras.layers.Layer]:
             ),
         ]
     if mode == "caffe":
-        return [
-            ReverseChannels(name="rgb_to_bgr"),
-            L.Normalization(mean=list(CAFFE_MEAN_BGR), variance=[1.0, 1.0, 1.0], name="caffe_mean"),
-        ]
+        # The convolution needs float inputs; Rescaling(1.0) is an exact cast of uint8.
+        return [L.Rescaling(1.0, name="to_float"), caffe_layer()]
     # "none": Rescaling(1.0) is an exact, serializable cast of uint8 to float.
     return [L.Rescaling(1.0, name="to_float")]
 
