@@ -2,7 +2,8 @@
 
 A checkpoint is a directory any later step can use alone::
 
-    model.keras      the whole Keras model, optimizer state included
+    model.keras      the whole Keras model, optimizer state included; compiled with loss and
+                     accuracy, built-in layers only: plain Keras 3 loads it without imgrec
     manifest.json    written LAST: the completeness marker, and everything a later
                      step needs (class names, image size, decode settings, model and
                      augmentation config, data URI and split seed, history, version)
@@ -305,7 +306,7 @@ def load_local(directory: str, *, compile: bool = True, label: str | None = None
     (``load`` and the training workers' restore from ``Checkpoint.as_directory()``)."""
     import keras
 
-    import imgrec.models.layers  # noqa: F401  registers imgrec's serializable layers for safe mode
+    import imgrec.models.layers  # noqa: F401  registers the legacy ReverseChannels (older checkpoints)
 
     label = label or directory
     manifest = _read_local_manifest(directory, label)

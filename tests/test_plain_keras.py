@@ -209,9 +209,13 @@ def _write_family_checkpoint(name: str, extra: dict, classes: int, directory: st
     return {"loss": loss, "accuracy": correct / len(y), "loss_name": models.loss_name(classes)}
 
 
-def test_every_family_loads_and_evaluates_in_plain_keras_without_imgrec(tmp_path):
+@pytest.mark.parametrize("families", [
+    pytest.param([f for f in FAMILIES if f[0] != "densenet121"], id="course-scratch-tf-caffe"),
+    pytest.param(FAMILIES, id="all-with-torch", marks=pytest.mark.slow),  # DenseNet121: ~40 s more on 2 cores
+])
+def test_every_family_loads_and_evaluates_in_plain_keras_without_imgrec(tmp_path, families):
     expected, dirs = {}, {}
-    for name, extra, classes in FAMILIES:
+    for name, extra, classes in families:
         dirs[name] = str(tmp_path / name)
         expected[name] = _write_family_checkpoint(name, extra, classes, dirs[name])
 
