@@ -547,8 +547,8 @@ def loop_config(cfg: TrainConfig, *, class_names: list[str], run: RunLayout, tra
     ``class_weights``: the resolved loss weight per class, or None."""
     return {
         "train": to_dict(cfg), "class_names": class_names, "class_weights": class_weights, "run_uri": run.uri,
-        "train_rows": train_rows,
-        "val_rows": val_rows, "manifest_base": manifest_base, "resume_checkpoint": resume_checkpoint,
+        "train_rows": train_rows, "val_rows": val_rows, "manifest_base": manifest_base,
+        "resume_checkpoint": resume_checkpoint,
         "options": to_dict(options or LoopOptions()), "hooks": list(hooks or []),
         "driver_phases": dict(driver_phases), "handed_over_at": time.time(),
     }

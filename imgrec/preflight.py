@@ -64,8 +64,9 @@ def check_train(cfg: TrainConfig, *, data: bool = True) -> None:
 
 
 def check_sweep(cfg: SweepConfig, *, data: bool = True) -> None:
-    """The base run (its trials write under the sweep, not its storage), every
-    freeze depth the sweep will try with it, and the sweep's storage."""
+    """The base run (its trials write under the sweep, not its storage) and every
+    freeze depth the sweep will try with it. The sweep's own storage is checked
+    by the sweep driver, first: it reads a saved ``sweep.json`` from there."""
     with blame("base"):
         spec = check_model(cfg.base)
         check_inputs(cfg.base, data=data)
@@ -74,8 +75,6 @@ def check_sweep(cfg: SweepConfig, *, data: bool = True) -> None:
             check_model_config(spec, replace(cfg.base.model, freeze_depth=depth))
         except ConfigError as exc:
             raise ConfigError(f"freeze_depths: {exc}", "freeze_depths") from None
-    with blame("storage"):
-        check_storage(cfg.storage)
 
 
 def check_predict(cfg: PredictConfig) -> ckpt.CheckpointRef:

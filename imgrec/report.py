@@ -77,7 +77,7 @@ def _phase_label(name: str) -> str:
     return name.removeprefix("time_").removesuffix("_s").replace("_", " ")
 
 
-def _timing_section(run: RunLayout, result) -> str:
+def _timing_section(result) -> str:
     rows = [[h["epoch"], h.get("epoch_time_s", ""), *timing.epoch_breakdown(h).values()] for h in result.history]
     names = list(timing.epoch_breakdown(result.history[0])) if result.history else []
     startup = _table([[_phase_label(k), v] for k, v in result.startup.items()], ["start-up phase", "seconds"])
@@ -153,7 +153,7 @@ def write_run_report(result, cfg) -> str:
                          + _table([[h.get(k, "") for k in keys] for h in result.history], keys)))
     if result.history and "epoch_time_s" in result.history[0]:
         storage.atomic_write(run.timing_plot, timing_png(result.history))
-        sections.append(("Where the time went", _timing_section(run, result)))
+        sections.append(("Where the time went", _timing_section(result)))
     if test:
         storage.atomic_write(run.confusion_plot, confusion_png(test["confusion"], test["class_names"]))
         rows = [[name, m["precision"], m["recall"], m.get("f1", ""), m["support"]]

@@ -132,7 +132,7 @@ def _prepare(cfg: SweepConfig, check_data: bool = False) -> SweepConfig:
         raise ConfigError("resume needs the sweep's name (--name) and storage (--storage)", "name")
     cfg = replace(cfg, storage=storage.normalize(cfg.storage), name=cfg.name or default_run_name("sweep"))
     with preflight.blame("storage"):  # a missing bucket fails here, with what to do
-        storage.check_bucket(cfg.storage)
+        preflight.check_storage(cfg.storage)
     saved = sweep_layout(cfg).config
     if storage.exists(saved):
         if not cfg.resume:
