@@ -18,6 +18,8 @@ from imgrec.cli_train import train_command, transfer_command
 from imgrec.cli_tune import tune_command
 from imgrec.config import AugmentConfig, DecodeConfig, replace
 from imgrec.demo import run_demo
+from imgrec.explain import explain_image
+from imgrec.layout import explain_output
 from imgrec.predict import describe_one
 
 app = typer.Typer(help="Distributed image recognition on Ray and Keras 3.", no_args_is_help=True, cls=ImgrecGroup)
@@ -260,6 +262,22 @@ def predict_one_command(
     with clear_errors():
         text = describe_one(image, model, top_k=top_k)
     typer.echo(text)
+
+
+@app.command("explain")
+def explain_command(
+    image: str = typer.Argument(..., help="Image file or s3:// URI."),
+    model: str = typer.Option(..., "--model", help="Run URI (its best checkpoint) or checkpoint URI."),
+    out: str = typer.Option(None, "--out", help="Where the PNG goes, local or s3:// "
+                            "(default: <image name>-gradcam.png here)."),
+    top_k: int = typer.Option(5, help="Print the K most likely classes."),
+) -> None:
+    """Grad-CAM: where the model looked for its answer; writes the image beside its heatmap (no Ray needed)."""
+    with clear_errors():
+        found = explain_image(image, model, top_k=top_k)
+        target = out or explain_output(image)
+        storage.atomic_write(target, found.png)
+    typer.echo(f"{found}\nwrote {storage.normalize(target)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -99,11 +99,11 @@ class RunLayout(_Folder, files={
     "history": "history.json", "evaluation": "evaluation.json", "report": "report.html",
     "history_plot": "history.png", "confusion_plot": "confusion.png",
     "timing_plot": "timing.png", "tensorboard": "tensorboard", "replicas": "replicas",
-    "fault_marker": ".fault-injected",
+    "fault_marker": ".fault-injected", "gallery": "gallery",
 }):
     """``<storage>/<run name>/``: Ray's ``checkpoint_*/`` folders plus imgrec's own files.
     ``replicas/`` holds each rank's digest of its final weights; ``.fault-injected`` is
-    written by the test-only fault hook."""
+    written by the test-only fault hook; ``gallery/`` the report's thumbnails (``thumbnail``)."""
 
     @property
     def name(self) -> str:
@@ -112,6 +112,24 @@ class RunLayout(_Folder, files={
     def replica(self, rank: int) -> str:
         """Rank ``rank``'s digest of its final weights."""
         return storage.join(self.replicas, f"rank-{rank}.json")
+
+    @classmethod
+    def thumbnail(cls, key: str, heatmap: bool = False) -> str:
+        """A report thumbnail's path relative to the run folder (what ``report.html``
+        links): ``gallery/<key>.png``, its Grad-CAM overlay ``gallery/<key>-cam.png``."""
+        return f"{cls.gallery.name}/{thumbnail_name(key, heatmap)}"
+
+
+def thumbnail_name(key: str, heatmap: bool = False) -> str:
+    """A thumbnail's file name (run gallery, prediction samples)."""
+    return f"{key}{'-cam' if heatmap else ''}.png"
+
+
+def explain_output(image_uri: str) -> str:
+    """Where ``imgrec explain`` writes its overlay unless told: ``<image stem>-gradcam.png``
+    in the current folder."""
+    stem = os.path.splitext(storage.basename(image_uri))[0] or "image"
+    return f"{stem}-gradcam.png"
 
 
 @dataclass(frozen=True)
@@ -130,8 +148,11 @@ class SweepLayout(_Folder, files={
 @dataclass(frozen=True)
 class PredictionLayout(_Folder, files={
     "predictions": "predictions", "summary": "summary.json", "job": "_job.json",
+    "report": "report.html", "class_plot": "classes.png", "confidence_plot": "confidence.png",
+    "samples": "samples",
 }):
-    """A batch-prediction output prefix."""
+    """A batch-prediction output prefix; ``report.html`` with its plots and ``samples/``
+    (thumbnails, ``sample``) is the page a person looks at."""
 
     PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 
@@ -152,6 +173,11 @@ class PredictionLayout(_Folder, files={
 
     def part(self, name: str) -> str:
         return storage.join(self.predictions, name)
+
+    @classmethod
+    def sample(cls, key: str) -> str:
+        """A sample thumbnail's path relative to the output prefix (as ``report.html`` links it)."""
+        return f"{cls.samples.name}/{thumbnail_name(key)}"
 
 
 @dataclass(frozen=True)

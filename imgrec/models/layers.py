@@ -41,7 +41,10 @@ class ReverseChannels(keras.layers.Layer):
         return input_shape
 
 
-def caffe_layer(name: str = "caffe_bgr_mean") -> keras.layers.Layer:
+CAFFE_LAYER = "caffe_bgr_mean"  # a convolution that is preprocessing, not a feature map (Grad-CAM skips it)
+
+
+def caffe_layer(name: str = CAFFE_LAYER) -> keras.layers.Layer:
     """RGB -> BGR and minus the ImageNet BGR mean, as one frozen 1x1 convolution on
     float pixels: its kernel is the channel permutation (exact: products with 0
     and 1), its bias the negated mean (the same float32 subtraction as

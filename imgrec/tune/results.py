@@ -15,7 +15,7 @@ from imgrec import storage
 from imgrec.config import SweepConfig
 from imgrec.evaluate import evaluate_dataset
 from imgrec.layout import SweepLayout
-from imgrec.report import _figure_bytes
+from imgrec.report import figure_bytes
 from imgrec.text_table import text_table
 from imgrec.train import read_history, run_uri
 from imgrec.tune.space import sweep_layout, sweep_uri, trial_config
@@ -210,7 +210,7 @@ def sweep_png(rows: list[dict[str, Any]]) -> bytes:
         ax.set_yticks(range(len(depths)), [str(d) for d in depths])
     ax.set_title("Sweep: best val accuracy per trial")
     ax.grid(alpha=0.3)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
