@@ -112,7 +112,8 @@ def data_synth(
 
 @data_app.command("inspect")
 def data_inspect(
-    uri: str = typer.Argument(..., help="Image tree root: s3://bucket/prefix or a local folder."),
+    uri: str = typer.Argument(..., help="Image tree root (s3://bucket/prefix or a local folder) or a "
+                             ".csv/.parquet label manifest."),
     sample: int = typer.Option(2000, help="Read the headers of at most this many files for the size summary."),
     decode_all: bool = typer.Option(True, "--decode-all/--decode-sample", help="Find bad files by decoding "
                                     "every file with Ray Data (default), or only the sample, in this process."),

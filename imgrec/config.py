@@ -170,10 +170,15 @@ def _augment_ops(name: str) -> Callable[..., Any]:
 
 @dataclass
 class DataConfig:
-    """Where images come from and how they are split."""
+    """Where images come from and how they are split.
 
-    uri: str = ""  # image tree root (local, file://, s3://), or "cifar10"
-    validation_split: float = 0.3  # the course's 30 %
+    ``uri`` is an image tree root (``<root>/train/<class>/*``, optional
+    ``<root>/test``), a label manifest (a ``.csv`` or ``.parquet`` of
+    ``uri,label[,split]``: ``imgrec.data.manifest``; relative URIs resolve
+    against its folder) or ``cifar10``; local, ``file://`` or ``s3://``."""
+
+    uri: str = ""  # image tree root, label manifest (.csv/.parquet), or "cifar10"
+    validation_split: float = 0.3  # the course's 30 % (a manifest's split column overrides it per row)
     split_seed: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     cache: bool = True  # decode once (Ray Data materialize), augment every epoch
@@ -227,7 +232,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints; an improving epoch and the last one always save
     resume: str | None = None  # run or checkpoint URI to continue from
     max_failures: int = 1  # Ray restarts the worker group from the last checkpoint
-    evaluate: bool = True  # evaluate on <data>/test (or the validation split) at the end
+    evaluate: bool = True  # evaluate on <data>/test or a manifest's test rows (else the validation split) at the end
     report: bool = True
     # Loss weight per class: "none" | "balanced" (n / (classes * count), training split) | JSON
     # '{"cat": 1, "dog": 3}' (or that dict; unnamed classes weigh 1). See resolve_class_weights.
