@@ -126,7 +126,7 @@ BAD = {
     "no label column": ("uri,class\na.jpg,x\n", "no `label` column (found ['uri', 'class'])"),
     "empty label": ("uri,label\na.jpg,x\nb.jpg,\nc.jpg,y\n", "line 3: empty label for b.jpg"),
     "empty uri": ("uri,label\na.jpg,x\n,y\n", "line 3: empty uri"),
-    "duplicate": ("uri,label\na.jpg,x\nb.jpg,y\n./a.jpg,y\n", "./a.jpg is listed twice (line 2 and line 4)"),
+    "duplicate": ("uri,label\na.jpg,x\nb.jpg,y\n./a.jpg,y\n", "line 4: listed already at line 2 (./a.jpg)"),
     "escaping": ("uri,label\na.jpg,x\n../b.jpg,y\n", "line 3: '../b.jpg' has a `..` segment"),
     "only in test": ("uri,label,split\na.jpg,x,\nb.jpg,y,\nc.jpg,z,test\n",
                      "label(s) ['z'] appear only in test rows"),

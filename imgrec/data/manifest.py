@@ -139,7 +139,7 @@ def list_manifest(uri: str) -> ImageTree:
     for row in rows:
         target = _target(uri, base, row)
         if target in seen:
-            raise DataError(f"{uri}: {row.path} is listed twice ({seen[target]} and {row.where}); list each image "
+            raise DataError(f"{uri}: {row.where}: listed already at {seen[target]} ({row.path}); list each image "
                             "once")
         seen[target] = row.where
         if not target.lower().endswith(IMAGE_SUFFIXES):
@@ -185,15 +185,15 @@ def _rows(uri: str, body: bytes) -> Iterator[_Row]:
 def _target(uri: str, base: str, row: _Row) -> str:
     """The row's file as a full URI, after the row's own checks."""
     if not row.path:
-        raise DataError(f"{uri} {row.where}: empty uri; every row names its image")
+        raise DataError(f"{uri}: {row.where}: empty uri; every row names its image")
     if ".." in row.path.replace("\\", "/").split("/"):
-        raise DataError(f"{uri} {row.where}: {row.path!r} has a `..` segment; relative URIs must stay inside "
+        raise DataError(f"{uri}: {row.where}: {row.path!r} has a `..` segment; relative URIs must stay inside "
                         f"the manifest's folder {base} (and S3 reads `..` literally): give a path without `..`, "
                         "or a full URI")
     if not row.label:
-        raise DataError(f"{uri} {row.where}: empty label for {row.path}; every row needs its class")
+        raise DataError(f"{uri}: {row.where}: empty label for {row.path}; every row needs its class")
     if row.split and row.split not in SPLITS:
-        raise DataError(f"{uri} {row.where}: split {row.split!r} is not one of {', '.join(SPLITS)} (or empty: "
+        raise DataError(f"{uri}: {row.where}: split {row.split!r} is not one of {', '.join(SPLITS)} (or empty: "
                         "split by hash)")
     return absolute(row.path, base)
 
