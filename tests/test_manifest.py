@@ -188,7 +188,7 @@ def test_training_from_a_manifest_in_s3_records_it_as_the_lineage(ray_cluster, s
 
     cfg = TrainConfig(data=DataConfig(uri=manifest, decode=DecodeConfig(image_size=(32, 32))),
                       model=ModelConfig(name="small_cnn"), storage=f"{bucket}/runs", run_name="from-manifest",
-                      workers=1, batch_size=16, epochs=2, report=False)
+                      workers=1, batch_size=16, epochs=1, report=False)
     result = train(cfg)
     assert result.class_names == folders.class_names
     assert sorted(os.path.basename(b["path"]) for b in result.bad_files) == ["corrupt.jpg", "empty.png"]

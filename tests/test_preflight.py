@@ -73,10 +73,11 @@ BAD_MANIFESTS = {  # name -> (file name, text, what the message must say)
 
 
 def _bad_manifests(tree: str, folder: Path) -> dict[str, str]:
-    """One bad label manifest per case, naming real images of the tree; the last, a good one."""
+    """One bad label manifest per case, naming real images of the tree, and a good one."""
     folder.mkdir()
     a, b, c = [o.uri for o in storage.list_objects(f"{tree}/train")][:3]
-    out = {}
+    out = {"good": str(folder / "good.csv")}
+    (folder / "good.csv").write_text(f"uri,label\n{a},x\n{b},y\n")
     for name, (file, text, _) in BAD_MANIFESTS.items():
         (folder / file).write_text(text.format(a=a, b=b, c=c))
         out[name] = str(folder / file)
@@ -156,6 +157,9 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
                                  f"--data: {p['manifests'][name]}" + (" " if name == "wrong extension" else ": ")
                                  + says)
            for name, (_, _, says) in BAD_MANIFESTS.items()},
+        "manifest: class weight unknown class": (["train", "--data", p["manifests"]["good"], "--storage",
+                                                  f"{work}/runs", "--class-weight", '{"cat": 2}'],
+                                                 "--class-weight names unknown class(es) ['cat']"),
         "manifest: tune": (["tune", "--data", p["manifests"]["escaping"], "--storage", f"{work}/sweeps", "--name",
                             "n4"], "has a `..` segment"),
         "manifest: transfer": (["transfer", "--data", p["manifests"]["label only in test"], "--storage",
@@ -198,7 +202,8 @@ CASE_NAMES = [
     "class weight syntax", "class weight negative", "class weight unknown class",
     "resume missing", "tune data missing", "tune weights missing", "tune freeze depths, no backbone",
     "tune batch sizes", "predict input missing", "predict output bucket missing",
-    *(f"manifest: {name}" for name in BAD_MANIFESTS), "manifest: tune", "manifest: transfer",
+    *(f"manifest: {name}" for name in BAD_MANIFESTS), "manifest: class weight unknown class", "manifest: tune",
+    "manifest: transfer",
 ]
 CALL_NAMES = ["train(): data missing", "train(): bad manifest", "sweep(): unknown model",
               "predict_bucket(): model missing"]
