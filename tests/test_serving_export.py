@@ -173,12 +173,12 @@ def test_bad_input_is_refused_before_tensorflow_and_writes_nothing(tmp_path):
     cases = {
         "unknown format": (["export", source, "--format", "tflite", "--out", str(work / "o")],
                            "format must be one of ('saved_model', 'onnx', 'litert')"),
-        "model missing": (["export", "/nonexistent", "--format", "onnx", "--out", str(work / "o")],
+        "model missing": (["export", "/nonexistent", "--format", "saved_model", "--out", str(work / "o")],
                           "model: /nonexistent: nothing there"),
-        "output exists": (["export", source, "--format", "onnx", "--out", str(taken)], "already exists"),
-        "no images": (["export", source, "--format", "onnx", "--out", str(work / "o"), "--images", str(work)],
+        "output exists": (["export", source, "--format", "saved_model", "--out", str(taken)], "already exists"),
+        "no images": (["export", source, "--format", "saved_model", "--out", str(work / "o"), "--images", str(work)],
                       "images: no image files"),
-        "bad sample": (["export", source, "--format", "onnx", "--out", str(work / "o"), "--sample", "0"],
+        "bad sample": (["export", source, "--format", "saved_model", "--out", str(work / "o"), "--sample", "0"],
                        "sample must be >= 1"),
     }
     spec = {"watch": [str(work), str(taken)], "cases": {n: {"cli": args} for n, (args, _) in cases.items()}}
