@@ -500,3 +500,29 @@ class PredictConfig:
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus!r}, {self.num_gpus!r}",
                               "num_cpus" if self.num_cpus < 0 else "num_gpus")
+
+
+EXPORT_FORMATS = ("saved_model", "onnx", "litert")
+
+
+@dataclass
+class ExportConfig:
+    """A serving export of a checkpoint (``imgrec export``, ``imgrec.serving.export_model``):
+    the model in one format plus its sidecar under ``out``, verified against the
+    ``.keras`` model on ``sample`` images of ``images`` (default: the checkpoint's data tree)."""
+
+    model: str = ""  # run URI (its best checkpoint) or checkpoint URI
+    format: str = "saved_model"  # saved_model | onnx | litert
+    out: str = ""  # folder or s3:// prefix
+    images: str | None = None  # images to verify on; None: the checkpoint's data URI
+    sample: int = 16  # images the verification runs
+    tolerance: float = 1e-4  # max |probability difference| a float export may have
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"format must be one of {EXPORT_FORMATS}, got {self.format!r}", "format")
+        if int(self.sample) < 1:
+            raise ConfigError(f"sample must be >= 1, got {self.sample!r}", "sample")
+        if not self.tolerance > 0:
+            raise ConfigError(f"tolerance must be > 0, got {self.tolerance!r}", "tolerance")
