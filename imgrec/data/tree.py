@@ -147,7 +147,7 @@ def split_records(records: list[dict], fraction: float, seed: int = 0,
     sides: dict[int, set[str]] = {}
     train, val = [], []
     for rec in records:
-        side = fixed.get(rec["path"])
+        side = fixed.get(rec["path"]) if fixed else None  # records without a path (features) never are fixed
         if side:
             (val if side == "val" else train).append(rec)
             sides.setdefault(rec["label"], set()).add(side)

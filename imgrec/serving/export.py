@@ -29,6 +29,7 @@ from imgrec.hashing import unit_hash
 from imgrec.layout import ExportLayout
 from imgrec.models import class_probabilities
 from imgrec.predict import decode_config
+from imgrec.preflight import blame
 from imgrec.serving.runtimes import (
     FORMATS,
     INSTALL_HINT,
@@ -66,7 +67,7 @@ class ExportResult:
                 f"(tolerance {v['tolerance']:g}), top-1 agreement {v['top1_agreement']:.4f}, runtime {v['runtime']}")
         notes = [f"LiteRT ops beyond the built-in ones (SELECT_TF_OPS): {', '.join(v['select_tf_ops'])}"
                  ] if v.get("select_tf_ops") else []
-        return "\n".join([line, *notes, f"wrote {self.model_uri} and {storage.join(self.out, 'serving.json')}"])
+        return "\n".join([line, *notes, f"wrote {self.model_uri} and {storage.join(self.out, ExportLayout.sidecar.name)}"])
 
 
 # --------------------------------------------------------------------------- preflight
@@ -80,18 +81,14 @@ def check_export(cfg: ExportConfig) -> tuple[ckpt.CheckpointRef, str]:
     missing = missing_packages(fmt)
     if missing:
         raise ConfigError(f"format {cfg.format} needs {', '.join(missing)}, not installed: {INSTALL_HINT}", "format")
-    try:
+    with blame("model"):
         ref = ckpt.resolve(cfg.model)
-    except (ckpt.CheckpointError, storage.StorageError) as exc:
-        raise ConfigError(f"model: {exc}", "model") from None
     if not cfg.out:
         raise ConfigError("out: give the folder or s3:// prefix to export to", "out")
-    try:
+    with blame("out"):
         out = storage.normalize(cfg.out)
         storage.check_bucket(out)
         taken = storage.exists(out)
-    except storage.StorageError as exc:
-        raise ConfigError(f"out: {exc}", "out") from None
     if taken and not cfg.overwrite:
         raise ConfigError(f"out: {out} already exists; choose another destination or pass --overwrite "
                           "to replace it", "out")
@@ -104,14 +101,12 @@ def check_export(cfg: ExportConfig) -> tuple[ckpt.CheckpointRef, str]:
 
 def sample_uris(images: str, n: int) -> list[str]:
     """Up to ``n`` image URIs under ``images``, spread over its folders by a hash of the path."""
-    try:
-        listed = []
+    listed = []
+    with blame("images"):
         for obj in storage.list_objects(images, suffixes=IMAGE_SUFFIXES):
             listed.append(obj.uri)
             if len(listed) >= _LISTED:
                 break
-    except storage.StorageError as exc:
-        raise ConfigError(f"images: {exc}", "images") from None
     if not listed:
         raise ConfigError(f"images: no image files ({', '.join(IMAGE_SUFFIXES)}) under {images}", "images")
     return sorted(listed, key=unit_hash)[:n]
