@@ -9,14 +9,14 @@ import inspect
 import typer
 
 import imgrec
-from imgrec import augment, data, models, storage, synth
+from imgrec import augment, data, models, serving, storage, synth
 from imgrec import features as feats
 from imgrec.cli_common import ImgrecGroup, clear_errors
 from imgrec.cli_options import parse_size
 from imgrec.cli_predict import predict_command
 from imgrec.cli_train import train_command, transfer_command
 from imgrec.cli_tune import tune_command
-from imgrec.config import AugmentConfig, DecodeConfig, replace
+from imgrec.config import EXPORT_FORMATS, AugmentConfig, DecodeConfig, ExportConfig, replace
 from imgrec.demo import run_demo
 from imgrec.explain import explain_image
 from imgrec.layout import explain_output
@@ -114,7 +114,8 @@ def data_synth(
 
 @data_app.command("inspect")
 def data_inspect(
-    uri: str = typer.Argument(..., help="Image tree root: s3://bucket/prefix or a local folder."),
+    uri: str = typer.Argument(..., help="Image tree root (s3://bucket/prefix or a local folder) or a "
+                             ".csv/.parquet label manifest."),
     sample: int = typer.Option(2000, help="Read the headers of at most this many files for the size summary."),
     decode_all: bool = typer.Option(True, "--decode-all/--decode-sample", help="Find bad files by decoding "
                                     "every file with Ray Data (default), or only the sample, in this process."),
@@ -278,6 +279,29 @@ def explain_command(
         target = out or explain_output(image)
         storage.atomic_write(target, found.png)
     typer.echo(f"{found}\nwrote {storage.normalize(target)}")
+
+
+@app.command("export")
+def export_command(
+    model: str = typer.Argument(..., help="Run URI (its best checkpoint) or checkpoint URI, local or s3://."),
+    format: str = typer.Option(..., "--format", help=f"{' | '.join(EXPORT_FORMATS)}"),
+    out: str = typer.Option(..., "--out", help="Folder or s3:// prefix: the model file and serving.json."),
+    images: str = typer.Option(None, "--images", help="Images to verify the export on (default: the "
+                               "checkpoint's data tree)."),
+    sample: int = typer.Option(16, help="Images the verification runs."),
+    overwrite: bool = typer.Option(False, help="Replace what is already under --out."),
+) -> None:
+    """A checkpoint as a serving model (uint8 HxWx3 in, class probabilities out) plus serving.json,
+    verified with the format's own runtime against the .keras model (needs imgrec[export] for
+    onnx and litert)."""
+    with clear_errors():
+        cfg = ExportConfig(model=model, format=format, out=out, images=images, sample=sample, overwrite=overwrite)
+        try:
+            result = serving.export_model(cfg)
+        except serving.ExportMismatch as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+    typer.echo(result.summary())
 
 
 def main() -> None:  # pragma: no cover - console entry point

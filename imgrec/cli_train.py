@@ -17,7 +17,8 @@ from imgrec.models import HEADS
 from imgrec.train import train
 
 TRAIN_OPTIONS: tuple[Option, ...] = (
-    Option("data", ("data.uri",), "Image tree URI (<root>/train/<class>/*, optional <root>/test) or cifar10."),
+    Option("data", ("data.uri",), "Image tree URI (<root>/train/<class>/*, optional <root>/test), a label manifest "
+           "(.csv/.parquet of uri,label[,split]) or cifar10."),
     Option("storage", ("storage",), "Where runs live: a local folder or s3://bucket/prefix."),
     Option("run_name", ("run_name",), "Run folder name (unset: generated)."),
     Option("model", ("model.name",), "Registry name (imgrec models list)."),
@@ -74,7 +75,8 @@ def train_options(**defaults: Any) -> tuple[Option, ...]:
 def _train_command(options: tuple[Option, ...], doc: str):
     def run(values: dict[str, Any]) -> None:
         if not values["data"] and not values["resume"]:
-            raise typer.BadParameter("give --data URI (an image tree, or cifar10), or --resume RUN_URI")
+            raise typer.BadParameter("give --data URI (an image tree, a label manifest, or cifar10), or --resume "
+                                     "RUN_URI")
         with clear_errors(options):
             result = train(build(TrainConfig, options, values))
         typer.echo(f"run: {result.run_uri}")

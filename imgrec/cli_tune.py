@@ -62,7 +62,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
 
 def _run(values: dict[str, Any]) -> None:
     if not values["data"] and not values["resume"]:
-        raise typer.BadParameter("give --data URI (an image tree, or cifar10), or --resume with --name")
+        raise typer.BadParameter("give --data URI (an image tree, a label manifest, or cifar10), or --resume with --name")
     with clear_errors(TUNE_OPTIONS):
         cfg = build(SweepConfig, TUNE_OPTIONS, values)
         result = tune.sweep(cfg)  # looked up at call time: the CLI test replaces it

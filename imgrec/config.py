@@ -170,10 +170,15 @@ def _augment_ops(name: str) -> Callable[..., Any]:
 
 @dataclass
 class DataConfig:
-    """Where images come from and how they are split."""
+    """Where images come from and how they are split.
 
-    uri: str = ""  # image tree root (local, file://, s3://), or "cifar10"
-    validation_split: float = 0.3  # the course's 30 %
+    ``uri`` is an image tree root (``<root>/train/<class>/*``, optional
+    ``<root>/test``), a label manifest (a ``.csv`` or ``.parquet`` of
+    ``uri,label[,split]``: ``imgrec.data.manifest``; relative URIs resolve
+    against its folder) or ``cifar10``; local, ``file://`` or ``s3://``."""
+
+    uri: str = ""  # image tree root, label manifest (.csv/.parquet), or "cifar10"
+    validation_split: float = 0.3  # the course's 30 % (a manifest's split column overrides it per row)
     split_seed: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     cache: bool = True  # decode once (Ray Data materialize), augment every epoch
@@ -227,7 +232,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints; an improving epoch and the last one always save
     resume: str | None = None  # run or checkpoint URI to continue from
     max_failures: int = 1  # Ray restarts the worker group from the last checkpoint
-    evaluate: bool = True  # evaluate on <data>/test (or the validation split) at the end
+    evaluate: bool = True  # evaluate on <data>/test or a manifest's test rows (else the validation split) at the end
     report: bool = True
     # Loss weight per class: "none" | "balanced" (n / (classes * count), training split) | JSON
     # '{"cat": 1, "dog": 3}' (or that dict; unnamed classes weigh 1). See resolve_class_weights.
@@ -495,3 +500,29 @@ class PredictConfig:
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus!r}, {self.num_gpus!r}",
                               "num_cpus" if self.num_cpus < 0 else "num_gpus")
+
+
+EXPORT_FORMATS = ("saved_model", "onnx", "litert")
+
+
+@dataclass
+class ExportConfig:
+    """A serving export of a checkpoint (``imgrec export``, ``imgrec.serving.export_model``):
+    the model in one format plus its sidecar under ``out``, verified against the
+    ``.keras`` model on ``sample`` images of ``images`` (default: the checkpoint's data tree)."""
+
+    model: str = ""  # run URI (its best checkpoint) or checkpoint URI
+    format: str = "saved_model"  # saved_model | onnx | litert
+    out: str = ""  # folder or s3:// prefix
+    images: str | None = None  # images to verify on; None: the checkpoint's data URI
+    sample: int = 16  # images the verification runs
+    tolerance: float = 1e-4  # max |probability difference| a float export may have
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"format must be one of {EXPORT_FORMATS}, got {self.format!r}", "format")
+        if int(self.sample) < 1:
+            raise ConfigError(f"sample must be >= 1, got {self.sample!r}", "sample")
+        if not self.tolerance > 0:
+            raise ConfigError(f"tolerance must be > 0, got {self.tolerance!r}", "tolerance")

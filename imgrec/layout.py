@@ -5,6 +5,7 @@
 * ``SweepLayout``: a sweep, ``<storage>/<sweep name>/``, with a run per trial;
 * ``PredictionLayout``: a batch-prediction output prefix;
 * ``BaselineLayout``: the hand-made-feature baseline's output folder;
+* ``ExportLayout``: a serving export (``imgrec export``): the model in one format and its sidecar;
 * ``cache_dir``: the one per-node download cache (checkpoints and weights files),
   under ``$IMGREC_CACHE`` (default ``~/.cache/imgrec``).
 
@@ -187,3 +188,12 @@ class BaselineLayout(_Folder, files={
 }):
     """The hand-made-feature baseline's output folder."""
 
+
+
+@dataclass(frozen=True)
+class ExportLayout(_Folder, files={
+    "saved_model": "saved_model", "onnx": "model.onnx", "litert": "model.tflite",
+    "sidecar": "serving.json",
+}):
+    """A serving export's folder: the model in its format (``saved_model/``, ``model.onnx``
+    or ``model.tflite``) and ``serving.json``, what a server needs to prepare images."""

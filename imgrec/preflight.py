@@ -5,7 +5,7 @@ The config dataclasses check each value on its own (``__post_init__``); this
 module checks what needs the rest of imgrec: the model registry's rules (head,
 dropout, alpha, weights and freeze depth for this model, the image size it
 accepts, a sweep's freeze depths) and every URI: the data tree (a cheap listing,
-not the decode), the weights file, the model to predict with, and the storage
+not the decode) or label manifest (read whole, its first image there), the weights file, the model to predict with, and the storage
 and output buckets (there, and the credentials work). ``train``, the sweep
 driver and ``predict_bucket`` call these first, so Python callers get them too.
 
@@ -30,6 +30,7 @@ from imgrec.config import (
     replace,
     resolve_class_weights,
 )
+from imgrec.data.manifest import is_manifest, list_images, list_manifest
 from imgrec.data.tree import DataError, list_image_tree
 from imgrec.decode import IMAGE_SUFFIXES
 from imgrec.models.registry import ModelSpec, check_model_config, check_size, weights_kind
@@ -120,14 +121,22 @@ def check_inputs(cfg: TrainConfig, *, data: bool = True) -> None:
 
 def check_data(uri: str) -> None:
     """A class-per-folder tree is there: the listing stops at the second class
-    folder holding an image; anything else gets the full listing's own verdict."""
+    folder holding an image; anything else gets the full listing's own verdict.
+    A label manifest is read whole (every fault of its rows is refused here) and
+    its first image must be there: a wrong base for relative URIs shows now, not
+    as a run of unreadable files."""
     if not uri:
-        raise ConfigError("data.uri is empty: give an image tree (<root>/train/<class>/*.jpg) or cifar10")
+        raise ConfigError("data.uri is empty: give an image tree (<root>/train/<class>/*.jpg), a .csv/.parquet "
+                          "label manifest, or cifar10")
     if uri in NAMED_DATASETS:
+        return
+    if is_manifest(uri):
+        check_manifest(uri)
         return
     root = storage.normalize(uri)
     if not storage.is_s3(root) and os.path.isfile(root):
-        raise ConfigError(f"{uri} is a file; give the root folder of an image tree (<root>/train/<class>/*.jpg)")
+        raise ConfigError(f"{uri} is a file; give the root folder of an image tree (<root>/train/<class>/*.jpg) "
+                          "or a label manifest (.csv or .parquet of uri,label[,split])")
     if not storage.exists(root):
         list_image_tree(root)  # raises: no files found, with the expected layout
     train = storage.join(root, "train")
@@ -142,12 +151,20 @@ def check_data(uri: str) -> None:
     list_image_tree(root)  # raises, naming what is wrong with the tree
 
 
+def check_manifest(uri: str) -> None:
+    listed = list_manifest(uri)
+    first = listed.train[0]["path"]  # a listed manifest has rows of 2+ labels to train on
+    if not storage.exists(first):
+        raise DataError(f"{listed.root}: its first image {first} is not there; relative URIs resolve against the "
+                        f"manifest's folder {storage.parent(listed.root)}")
+
+
 def check_class_weight(cfg: TrainConfig) -> None:
-    """A ``class_weight`` mapping names only classes of the tree (its full listing, no
+    """A ``class_weight`` mapping names only classes of the data (its full listing, no
     decode); ``none``, ``balanced`` and named datasets are resolved by the driver."""
     if not isinstance(parse_class_weight(cfg.class_weight), dict) or cfg.data.uri in NAMED_DATASETS:
         return
-    resolve_class_weights(cfg.class_weight, list_image_tree(storage.normalize(cfg.data.uri)).class_names, None)
+    resolve_class_weights(cfg.class_weight, list_images(cfg.data.uri).class_names, None)
 
 
 def check_weights(weights: str | None) -> None:

@@ -202,7 +202,7 @@ def _manifest_base(cfg: TrainConfig, data, class_weights: list[float] | None = N
         "backbone": cfg.model.name if spec.kind == "backbone" else None,
         "augment": to_dict(cfg.augment),
         "data": {"uri": data.source, "split_seed": data.split_seed, "validation_split": data.validation_split,
-                 "counts": data.counts, "bad_files": len(data.bad_files)},
+                 "counts": data.counts, "bad_files": len(data.bad_files), "manifest_sha256": data.manifest_sha256},
         "train_config": to_dict(cfg),
         "class_weights": None if class_weights is None else dict(zip(data.class_names, class_weights, strict=True)),
     }

@@ -54,7 +54,34 @@ def places(tmp_path_factory, s3_server):
     work = root / "work"
     work.mkdir()
     return {"tree": tree, "one_class": one_class, "bucket": bucket, "work": str(work),
-            "model": _checkpoint(str(root / "run"))}
+            "model": _checkpoint(str(root / "run")), "manifests": _bad_manifests(tree, root / "manifests")}
+
+
+BAD_MANIFESTS = {  # name -> (file name, text, what the message must say)
+    "missing column": ("column.csv", "file,label\n{a},x\n", "no `uri` column (found ['file', 'label'])"),
+    "empty label": ("label.csv", "uri,label\n{a},x\n{b},\n", "line 3: empty label for"),
+    "duplicate uri": ("twice.csv", "uri,label\n{a},x\n{b},y\n{a},y\n", "line 4: listed already at line 2"),
+    "escaping": ("escape.csv", "uri,label\n{a},x\n../b.jpg,y\n", "line 3: '../b.jpg' has a `..` segment"),
+    "label only in test": ("test.csv", "uri,label,split\n{a},x,\n{b},y,\n{c},z,test\n",
+                           "label(s) ['z'] appear only in test rows"),
+    "unknown split": ("split.csv", "uri,label,split\n{a},x,\n{b},y,holdout\n", "line 3: split 'holdout' is not one of"),
+    "unreadable": ("broken.parquet", "not parquet", "cannot be read as Parquet"),
+    "no labels": ("list.txt", "{a}\n", "a .txt manifest lists files without labels"),
+    "wrong extension": ("labels.json", "{{}}", "is a file; give the root folder of an image tree"),
+    "first image missing": ("moved.csv", "uri,label\nnowhere/a.jpg,x\n{b},y\n", "its first image"),
+}
+
+
+def _bad_manifests(tree: str, folder: Path) -> dict[str, str]:
+    """One bad label manifest per case, naming real images of the tree, and a good one."""
+    folder.mkdir()
+    a, b, c = [o.uri for o in storage.list_objects(f"{tree}/train")][:3]
+    out = {"good": str(folder / "good.csv")}
+    (folder / "good.csv").write_text(f"uri,label\n{a},x\n{b},y\n")
+    for name, (file, text, _) in BAD_MANIFESTS.items():
+        (folder / file).write_text(text.format(a=a, b=b, c=c))
+        out[name] = str(folder / file)
+    return out
 
 
 def _checkpoint(run: str) -> str:
@@ -126,6 +153,17 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
                                   "--input /nonexistent: nothing there"),
         "predict output bucket missing": (predict[:5] + ["--output", "s3://no-such-bucket/out"],
                                           "--output: s3://no-such-bucket/out: bucket 'no-such-bucket' does not"),
+        **{f"manifest: {name}": (["train", "--data", p["manifests"][name], "--storage", f"{work}/runs"],
+                                 f"--data: {p['manifests'][name]}" + (" " if name == "wrong extension" else ": ")
+                                 + says)
+           for name, (_, _, says) in BAD_MANIFESTS.items()},
+        "manifest: class weight unknown class": (["train", "--data", p["manifests"]["good"], "--storage",
+                                                  f"{work}/runs", "--class-weight", '{"cat": 2}'],
+                                                 "--class-weight names unknown class(es) ['cat']"),
+        "manifest: tune": (["tune", "--data", p["manifests"]["escaping"], "--storage", f"{work}/sweeps", "--name",
+                            "n4"], "has a `..` segment"),
+        "manifest: transfer": (["transfer", "--data", p["manifests"]["label only in test"], "--storage",
+                                f"{work}/runs", "--weights", "none"], "appear only in test rows"),
     }
     cases = {name: ({"cli": args}, says) for name, (args, says) in cli.items()}
     for name in ("data without credentials", "storage without credentials"):
@@ -133,6 +171,8 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
     calls = {  # the library entry points refuse the same, naming the config field
         "train(): data missing": ({"call": "train", "config": to_dict(replace(good, data=DataConfig(uri="/nonexistent")))},
                                   "data.uri: /nonexistent"),
+        "train(): bad manifest": ({"call": "train", "config": to_dict(replace(good, data=DataConfig(
+            uri=p["manifests"]["duplicate uri"])))}, "listed already at line 2"),
         "sweep(): unknown model": ({"call": "sweep", "config": to_dict(SweepConfig(
             base=replace(good, model=ModelConfig(name="foo")), storage=f"{work}/sweeps", name="n3"))},
             "unknown model 'foo'"),
@@ -162,8 +202,11 @@ CASE_NAMES = [
     "class weight syntax", "class weight negative", "class weight unknown class",
     "resume missing", "tune data missing", "tune weights missing", "tune freeze depths, no backbone",
     "tune batch sizes", "predict input missing", "predict output bucket missing",
+    *(f"manifest: {name}" for name in BAD_MANIFESTS), "manifest: class weight unknown class", "manifest: tune",
+    "manifest: transfer",
 ]
-CALL_NAMES = ["train(): data missing", "sweep(): unknown model", "predict_bucket(): model missing"]
+CALL_NAMES = ["train(): data missing", "train(): bad manifest", "sweep(): unknown model",
+              "predict_bucket(): model missing"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

@@ -1,9 +1,12 @@
-"""The image data plane: class-per-folder trees (or arrays) from any storage URI
-into Ray Data datasets of uint8 pixels, decoded once and augmented every epoch.
+"""The image data plane: class-per-folder trees, label manifests (or arrays) from
+any storage URI into Ray Data datasets of uint8 pixels, decoded once and
+augmented every epoch.
 
 Flow::
 
-    list_image_tree(uri)            -> ImageTree (class names, file records, split)
+    list_images(uri)                -> ImageTree (class names, file records, split):
+        list_image_tree(root)          a class-per-folder tree, or
+        list_manifest(uri)             a .csv/.parquet of uri,label[,split]
     load_dataset(DataConfig)        -> ImageDataset: train / val / test Ray datasets
         read bytes + decode (map_batches, threaded GETs)  -> materialize()  (decode once)
         bad files dropped inside the decode tasks, then re-checked here for the report
@@ -13,10 +16,11 @@ Flow::
     inspect(uri)                    -> InspectReport: counts per class and split, image sizes, bad files
     export_arrays / export_cifar10  -> in-memory arrays written as a PNG class-per-folder tree
 
-Class names come from the folder names, sorted, and travel with every
+Class names come from the folder names (a manifest's labels), sorted, and travel with every
 checkpoint and prediction so label indices never drift.
 
-Modules: ``tree`` (listing, split), ``read`` (bytes from any storage URI, the
+Modules: ``tree`` (listing, split), ``manifest`` (label manifests, the one
+manifest reader), ``read`` (bytes from any storage URI, the
 decode UDF), ``datasets`` (decode once, arrays, CIFAR-10, augmentation wiring),
 ``feed`` (batches for training), ``inspection`` (``imgrec inspect``), ``export``.
 """
@@ -27,6 +31,7 @@ from imgrec.data.datasets import ImageDataset, augmented, load_cifar10, load_dat
 from imgrec.data.export import export_arrays, export_cifar10
 from imgrec.data.feed import shard_batches, take_arrays, to_tf_dataset
 from imgrec.data.inspection import InspectReport, SizeSummary, inspect
+from imgrec.data.manifest import is_manifest, list_images, list_manifest
 from imgrec.data.read import DecodeImages, MemoryGate, ReadError, fetch_bytes, memory_gate
 from imgrec.data.tree import (
     ARRAY_SCHEME,
@@ -40,6 +45,6 @@ from imgrec.data.tree import (
 __all__ = [
     "ARRAY_SCHEME", "CIFAR10_CLASSES", "DataError", "DecodeImages", "ImageDataset", "ImageTree", "InspectReport",
     "MemoryGate", "ReadError", "SizeSummary", "augmented", "export_arrays", "export_cifar10", "fetch_bytes",
-    "inspect", "list_image_tree", "load_cifar10", "load_dataset", "memory_gate", "shard_batches", "split_records",
+    "inspect", "is_manifest", "list_image_tree", "list_images", "list_manifest", "load_cifar10", "load_dataset", "memory_gate", "shard_batches", "split_records",
     "take_arrays", "to_tf_dataset",
 ]

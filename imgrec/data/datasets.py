@@ -12,13 +12,13 @@ import numpy as np
 
 from imgrec.augment import Augmenter
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
+from imgrec.data.manifest import list_images
 from imgrec.data.read import DecodeImages
 from imgrec.data.tree import (
     ARRAY_SCHEME,
     CIFAR10_CLASSES,
     DataError,
     check_label_range,
-    list_image_tree,
     path_reasons,
     split_hash,
     split_records,
@@ -45,6 +45,7 @@ class ImageDataset:
     # Images per class (class_names order) of each split's good rows: {"train": [...], ...};
     # what balanced class weights are computed from. Empty when the maker did not count.
     class_counts: dict[str, list[int]] = field(default_factory=dict)
+    manifest_sha256: str | None = None  # trained from a label manifest: its digest (lineage)
 
     def summary(self) -> str:
         bad = f", {len(self.bad_files)} bad files skipped" if self.bad_files else ""
@@ -259,18 +260,19 @@ def load_dataset(
 ) -> ImageDataset:
     """One call from a DataConfig to decoded train/val/test Ray datasets.
 
-    ``cfg.uri`` is an image tree URI or ``cifar10``; ``arrays`` takes in-memory
+    ``cfg.uri`` is an image tree URI, a label manifest (``.csv``/``.parquet`` of
+    ``uri,label[,split]``, ``imgrec.data.manifest``) or ``cifar10``; ``arrays`` takes in-memory
     ``((x_train, y_train), (x_test, y_test))`` instead (CIFAR-style).
     ``cfg.decode.image_size`` must be set. Unreadable or undecodable files are
     skipped and listed in ``bad_files``; only a tree where every training image
-    is bad is an error."""
+    is bad is an error. Test data: the tree's ``test/``, a manifest's ``test`` rows."""
     decode = _require_image_size(cfg)
     if arrays is not None or cfg.uri == "cifar10":
         return _load_arrays(cfg, arrays if arrays is not None else load_cifar10(), class_names)
 
-    tree = list_image_tree(cfg.uri)
+    tree = list_images(cfg.uri)
     train_recs = _limit_per_class(tree.train, cfg.limit_per_class)
-    train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed)
+    train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed, tree.splits)
     train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache)
     if n_train == 0:
         raise DataError(
@@ -293,6 +295,7 @@ def load_dataset(
         decode=decode,
         split_seed=cfg.split_seed,
         validation_split=cfg.validation_split,
+        manifest_sha256=tree.manifest_sha256,
     )
 
 

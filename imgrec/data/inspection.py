@@ -13,8 +13,9 @@ import numpy as np
 
 from imgrec.config import DataConfig, DecodeConfig
 from imgrec.data.datasets import DECODE_BATCH, ROWS_PER_BLOCK, num_blocks
+from imgrec.data.manifest import list_images
 from imgrec.data.read import DecodeImages, fetch_bytes, read_head
-from imgrec.data.tree import list_image_tree, split_hash, split_records
+from imgrec.data.tree import split_hash, split_records
 from imgrec.decode import BadImage, image_info
 from imgrec.runtime import ensure_ray
 from imgrec.text_table import text_table
@@ -121,7 +122,7 @@ def inspect(
     decode_all: bool = True,
     io_threads: int = 16,
 ) -> InspectReport:
-    """Look at an image tree before training on it.
+    """Look at an image tree (or a label manifest) before training on it.
 
     * image counts per class for train / val (``validation_split`` of train/,
       the same split ``load_dataset`` makes) / test;
@@ -134,8 +135,8 @@ def inspect(
     decode = decode or DecodeConfig(image_size=INSPECT_SIZE)
     if decode.image_size is None:
         decode = dataclasses.replace(decode, image_size=INSPECT_SIZE)
-    tree = list_image_tree(uri)
-    train, val = split_records(tree.train, validation_split, split_seed)
+    tree = list_images(uri)
+    train, val = split_records(tree.train, validation_split, split_seed, tree.splits)
     counts = {
         split: dict(sorted(Counter(tree.class_names[r["label"]] for r in recs).items()))
         for split, recs in (("train", train), ("val", val), ("test", tree.test))

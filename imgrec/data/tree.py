@@ -1,5 +1,6 @@
 """Listing a class-per-folder tree (through ``imgrec.storage``) and the
-deterministic, hash-based train/validation split."""
+deterministic, hash-based train/validation split (a label manifest lists into
+the same ``ImageTree``: ``imgrec.data.manifest``)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,16 @@ class DataError(ValueError):
 
 @dataclass
 class ImageTree:
-    """What a class-per-folder tree holds, before any pixel is read."""
+    """What a class-per-folder tree (or a label manifest) holds, before any pixel is read."""
 
-    root: str
+    root: str  # the tree's root, or the manifest's URI
     class_names: list[str]
-    train: list[dict[str, Any]]  # {"path": uri, "label": int, "rel": "cat/001.jpg"}
+    train: list[dict[str, Any]]  # {"path": uri, "label": int, "rel": "cat/001.jpg" (the split's hash key)}
     test: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    # A manifest's explicit split of some train records: path -> "train" | "val"; the rest split by hash.
+    splits: dict[str, str] = field(default_factory=dict)
+    manifest_sha256: str | None = None  # a manifest's digest, so a changed manifest shows in the lineage
 
 
 def _layout(root: str) -> str:
@@ -127,22 +131,36 @@ def split_hash(rel: str, seed: int) -> float:
     return unit_hash(f"{seed}:{rel}")
 
 
-def split_records(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_records(records: list[dict], fraction: float, seed: int = 0,
+                  fixed: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Deterministic train/validation split by a hash of each file's relative path.
 
     Stable across runs, re-listing and cluster sizes (no RNG state, no order
-    dependence); every class with 2+ images lands on both sides."""
-    if fraction <= 0:
+    dependence); every class with 2+ images lands on both sides. ``fixed``
+    (path -> "train" | "val", a manifest's split column) places those records
+    as it says; the others split by hash, clamped only so that each class still
+    reaches both sides."""
+    fixed = fixed or {}
+    if fraction <= 0 and not fixed:
         return list(records), []
     by_class: dict[int, list[tuple[float, dict]]] = {}
-    for rec in records:
-        by_class.setdefault(rec["label"], []).append((split_hash(rec["rel"], seed), rec))
+    sides: dict[int, set[str]] = {}
     train, val = [], []
-    for items in by_class.values():
+    for rec in records:
+        side = fixed.get(rec["path"]) if fixed else None  # records without a path (features) never are fixed
+        if side:
+            (val if side == "val" else train).append(rec)
+            sides.setdefault(rec["label"], set()).add(side)
+        else:
+            by_class.setdefault(rec["label"], []).append((split_hash(rec["rel"], seed), rec))
+    for label, items in by_class.items():
         items.sort(key=lambda t: (t[0], t[1]["rel"]))
         n_val = sum(1 for u, _ in items if u < fraction)
-        if len(items) >= 2:
-            n_val = min(max(n_val, 1), len(items) - 1)  # both sides get the class
+        placed = sides.get(label, set())
+        if fraction > 0 and len(items) + len(placed) >= 2:  # both sides get the class
+            low = 0 if "val" in placed else 1
+            high = len(items) - (0 if "train" in placed else 1)
+            n_val = min(max(n_val, low), high)
         # The n_val smallest hashes: the same files as "u < fraction" unless clamped.
         val += [r for _, r in items[:n_val]]
         train += [r for _, r in items[n_val:]]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgrec.config import DecodeConfig
-from imgrec.data import DataError, DecodeImages, list_image_tree
+from imgrec.data import DataError, DecodeImages, list_images
 from imgrec.features.measure import FEATURE_NAMES, extract_features_batch
 from imgrec.runtime import ensure_ray
 
@@ -55,7 +55,8 @@ def extract_tree_features(
     rows_per_block: int = 256,
 ) -> FeatureTable:
     """Decode every image of a class-per-folder tree (``<root>/train/<class>/*``,
-    ``<root>/test/<class>/*``; local or S3) and measure its features with Ray Data.
+    ``<root>/test/<class>/*``; local or S3), or of a label manifest, and measure
+    its features with Ray Data.
 
     Files that cannot be read or decoded, like those outside class folders, are
     skipped and listed in ``bad_files`` — one bad file never stops the run."""
@@ -63,7 +64,7 @@ def extract_tree_features(
 
 
     decode = decode or DecodeConfig(image_size=image_size)
-    tree = list_image_tree(data_uri)
+    tree = list_images(data_uri)
     train = _limit(tree.train, limit_per_class)
     records = [
         {"path": r["path"], "label": r["label"], "index": i}

@@ -1,20 +1,20 @@
 """The input of batch prediction as a lazy stream of entries: a prefix walk
 (S3 pages of 1000 keys; a local walk sorted per folder), or the rows of a
-``.txt``/``.csv``/``.parquet`` manifest, each with its label when it has one."""
+``.txt``/``.csv``/``.parquet`` manifest (read by ``imgrec.data.manifest``, as
+training reads its label manifests), each with its label when it has one."""
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imgrec import storage
 from imgrec.config import PredictConfig
+from imgrec.data.manifest import absolute, is_manifest, manifest_rows
+from imgrec.data.tree import DataError
 from imgrec.decode import IMAGE_SUFFIXES
 from imgrec.predict.errors import PredictError
 
-MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 EXAMPLES = 10  # skipped files named in the summary
 
 
@@ -36,13 +36,16 @@ class Listing:
         self.out = out
         self.skipped = 0
         self.skipped_examples: list[str] = []
-        self.is_manifest = self.input.lower().endswith(MANIFEST_SUFFIXES)
+        self.is_manifest = is_manifest(self.input)
 
     def entries(self) -> Iterator[Entry]:
         if self.is_manifest:
             if not storage.exists(self.input):
                 raise PredictError(f"{self.input}: manifest not found; check the URI (or give a prefix to walk)")
-            yield from self._manifest()
+            try:
+                yield from self._manifest()
+            except DataError as exc:  # the manifest itself: no `path` column, not CSV
+                raise PredictError(str(exc)) from None
         else:
             yield from self._walk()
 
@@ -79,57 +82,3 @@ def announce(entries: Iterator[Entry], say: Callable[[str], None], every: int = 
         if i % every == 0:
             say(f"[predict] listed {i} files...")
         yield entry
-
-
-def absolute(path: str, base: str) -> str:
-    """Manifest paths: URIs and absolute paths as they are, others relative to the manifest's folder."""
-    if "://" in path or path.startswith("/"):
-        return storage.normalize(path)
-    return storage.join(base, path) if storage.is_s3(base) else storage.normalize(os.path.join(base, path))
-
-
-def manifest_rows(uri: str) -> Iterator[tuple[str, str | None]]:
-    """(path, label or None) rows of a .txt/.csv/.parquet manifest, streamed."""
-    fs, path = storage.resolve(uri)
-    low = uri.lower()
-    try:
-        if low.endswith(".txt"):
-            with fs.open_input_stream(path) as raw:
-                for line in io.TextIOWrapper(raw, encoding="utf-8"):
-                    if line.strip() and not line.lstrip().startswith("#"):
-                        yield line.rstrip("\r\n"), None
-            return
-        batches = _csv_batches(fs, path) if low.endswith(".csv") else _parquet_batches(fs, path)
-        for batch in batches:
-            names = batch.schema.names
-            if "path" not in names:
-                raise PredictError(f"{uri}: no `path` column (found {names}); name the file column `path`")
-            paths = batch.column(names.index("path")).to_pylist()
-            labels = (batch.column(names.index("label")).cast("string").to_pylist() if "label" in names
-                      else [None] * len(paths))
-            for p, lab in zip(paths, labels, strict=True):
-                if p is not None:
-                    yield str(p), lab
-    except PredictError:
-        raise
-    except OSError as exc:
-        raise storage.explain(exc, uri) from None
-
-
-def _csv_batches(fs, path: str):
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    with fs.open_input_stream(path) as raw:
-        # Every column as text: paths like "001.jpg" must not become numbers.
-        reader = pacsv.open_csv(raw, convert_options=pacsv.ConvertOptions(column_types={
-            "path": pa.string(), "label": pa.string()}))
-        yield from reader
-
-
-def _parquet_batches(fs, path: str):
-    import pyarrow.parquet as pq
-
-    with fs.open_input_file(path) as raw:
-        yield from pq.ParquetFile(raw).iter_batches(batch_size=8192)
-
