@@ -7,6 +7,7 @@ built and written straight into the checkpoint contract."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib.util
 import io
 import json
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 from imgrec import predict as P
 from imgrec import storage
 from imgrec.config import ConfigError, DecodeConfig, ModelConfig, PredictConfig, to_dict
+from imgrec.layout import PredictionLayout
 from imgrec.predict import chunks, columns, listing, output
 
 CLASSES = ["blue", "green", "red"]
@@ -168,6 +170,21 @@ def test_local_tree_probabilities_errors_labels_and_summary(ray_cluster, model_r
     assert saved["metrics"]["confusion"] == direct["confusion"]
     assert saved["metrics"]["per_class"] == direct["per_class"]
     assert saved["labelled"] == len(images) - 1 and saved["errors"] == len(BAD)
+
+    # The page to look at: every predicted class counted, the error rows with their reasons,
+    # a sample per class that has predictions, the plots, a link to the checkpoint.
+    page = Path(out, PredictionLayout.report.name).read_text()
+    assert saved["report_uri"] == str(Path(out, PredictionLayout.report.name))
+    predicted = df["predicted"].dropna().value_counts()
+    for name, n in predicted.items():
+        assert f"<td>{name}</td><td>{n}</td>" in page
+    for rel in BAD:
+        assert os.path.join(root, rel) in page and html.escape(by_rel[rel]["error"]) in page
+    samples = re.findall(r"src='(samples/[0-9a-f]+\.png)'", page)
+    assert len(samples) == sum(min(int(n), 8) for n in predicted.values) and all(Path(out, s).is_file() for s in samples)
+    for plot in (PredictionLayout.class_plot.name, PredictionLayout.confidence_plot.name):
+        assert f"src='{plot}'" in page and Path(out, plot).stat().st_size > 1000
+    assert ckpt_dir in page
 
 
 def test_s3_killed_run_resumes_with_every_file_once(ray_cluster, model_run, image_tree, bucket):

@@ -18,6 +18,7 @@ from imgrec.predict.columns import output_columns
 from imgrec.predict.errors import PredictError
 from imgrec.predict.listing import Listing, announce
 from imgrec.predict.output import FORMAT, job_record, prepare_output
+from imgrec.predict.page import write_prediction_page
 from imgrec.predict.runner import ChunkDone, Runner
 from imgrec.predict.summary import PredictSummary, summarize
 
@@ -63,6 +64,7 @@ def predict_bucket(
         runner.run(done)
 
     summary = summarize(cfg, ref, out, plan, listing, runner, done, stale, t0)
+    summary.report_uri = write_prediction_page(summary, runner.decode)
     storage.atomic_write(summary.summary_uri, json.dumps({"format": FORMAT, **dataclasses.asdict(summary)},
                                                          indent=1))
     say(str(summary))

@@ -41,6 +41,7 @@ class PredictSummary:
     metrics: dict[str, Any] | None = None  # over labelled rows without error
     error_examples: list[dict[str, str]] = field(default_factory=list)
     skipped_examples: list[str] = field(default_factory=list)
+    report_uri: str | None = None  # report.html, the page to look at
 
     def __str__(self) -> str:
         lines = [
@@ -57,6 +58,8 @@ class PredictSummary:
             lines.append(f"  skipped {self.skipped_files} non-image files (e.g. {self.skipped_examples[0]})")
         if self.metrics:
             lines.append(f"  accuracy {self.metrics['accuracy']:.4f} on {self.metrics['count']} labelled images")
+        if self.report_uri:
+            lines.append(f"  report: {self.report_uri}")
         return "\n".join(lines)
 
 
