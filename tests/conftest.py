@@ -19,6 +19,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The real CIFAR-10 photos for development (read in place, never copied): $IMGREC_CIFAR10_DEV or
+# ../shared/data/cifar10-dev beside the clone. Tests on them skip where they are absent.
+_CIFAR_CANDIDATES = [os.environ.get("IMGREC_CIFAR10_DEV", ""), str(REPO.parent / "shared" / "data" / "cifar10-dev"),
+                     "/work/shared/data/cifar10-dev"]
+CIFAR_DEV = next((p for p in _CIFAR_CANDIDATES if p and os.path.isdir(os.path.join(p, "test"))), None)
+needs_photos = pytest.mark.skipif(CIFAR_DEV is None, reason="../shared/data/cifar10-dev is not here")
 
 
 def _free_port() -> int:

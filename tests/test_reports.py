@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import CIFAR_DEV, needs_photos
 from typer.testing import CliRunner
 
 from imgrec import storage
@@ -170,3 +171,49 @@ def test_cli_explain_writes_the_overlay_and_prints_top_k(trained_run, tmp_path):
     assert len([line for line in res.output.splitlines() if "#" in line or line.startswith("  ")]) >= 2
     with Image.open(out) as png:
         assert png.size[0] > png.size[1] >= 224  # the image beside its overlay
+
+
+@pytest.mark.slow
+@needs_photos
+def test_real_photo_run_gallery_and_prediction_page(ray_cluster, bucket, tmp_path):
+    """A small_cnn trained by imgrec on the real CIFAR-10 photos (3 epochs, 1 worker): the
+    gallery holds only wrong predictions, most confident first, each one what the
+    checkpoint says of its file; a batch prediction over the test photos leaves a page
+    whose counts are the Parquet rows' and which links the run's report."""
+    from imgrec import checkpoint as ckpt
+    from imgrec import predict as P
+    from imgrec.config import DataConfig, DecodeConfig, ModelConfig, PredictConfig, TrainConfig
+    from imgrec.decode import decode_image
+    from imgrec.layout import PredictionLayout
+    from imgrec.predict import decode_config
+    from imgrec.train import train
+
+    cfg = TrainConfig(data=DataConfig(uri=CIFAR_DEV, decode=DecodeConfig(image_size=(32, 32))),
+                      model=ModelConfig(name="small_cnn"), storage=f"{bucket}/runs", run_name="cifar",
+                      workers=1, batch_size=64, epochs=3)
+    result = train(cfg)
+    run = RunLayout(result.run_uri)
+    evaluation = json.loads(storage.read_text(run.evaluation))
+    names, gallery = evaluation["class_names"], evaluation["gallery"]
+    assert evaluation["split"] == "test" and len(names) == 10 and 0.2 < evaluation["accuracy"] < 0.9
+    wrong = [i for n in names for i in gallery["classes"][n]["wrong"]]
+    assert len(wrong) >= 5 * len(names)  # a 3-epoch model errs often: every class has its gallery
+    for name in names:
+        _check_items(gallery["classes"][name]["wrong"], names, wrong=True)
+    model, manifest = ckpt.load(evaluation["checkpoint"], compile=False)
+    probs = model.predict(np.stack([decode_image(storage.read_bytes(i["path"]), decode_config(manifest))
+                                    for i in wrong]), verbose=0)
+    for item, p in zip(wrong, probs, strict=True):
+        assert names[int(np.argmax(p))] == item["predicted"] != item["true"]
+        assert float(p.max()) == pytest.approx(item["confidence"], abs=1e-4)
+
+    out = str(tmp_path / "pred")
+    summary = P.predict_bucket(PredictConfig(model=result.run_uri, input=f"{CIFAR_DEV}/test", output=out),
+                               progress=False)
+    page = storage.read_text(summary.report_uri)
+    counts = P.read_predictions(out)["predicted"].value_counts()
+    assert counts.sum() == summary.files == 1000
+    for name in names:
+        assert f"<td>{name}</td><td>{counts.get(name, 0)}</td>" in page
+    assert storage.exists(storage.join(out, PredictionLayout.confidence_plot.name))
+    assert f"href='{run.report}'" in page and summary.checkpoint in page

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR_DEV, needs_photos
 from typer.testing import CliRunner
 
 from imgrec import checkpoint as ckpt
@@ -38,11 +39,7 @@ from imgrec.serving.runtimes import ServingFormat, missing_packages
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 32)
-_CIFAR_CANDIDATES = [os.environ.get("IMGREC_CIFAR10_DEV", ""), str(REPO.parent / "shared" / "data" / "cifar10-dev"),
-                     "/work/shared/data/cifar10-dev"]
-CIFAR_DEV = next((p for p in _CIFAR_CANDIDATES if p and os.path.isdir(os.path.join(p, "test"))), None)
 PHOTOS = os.path.join(CIFAR_DEV, "test") if CIFAR_DEV else None
-needs_photos = pytest.mark.skipif(CIFAR_DEV is None, reason="../shared/data/cifar10-dev is not here")
 needs_runtimes = pytest.mark.skipif(any(missing_packages(f) for f in serving.FORMATS.values()),
                                     reason=f"export runtimes not installed ({serving.INSTALL_HINT})")
 
