@@ -133,7 +133,7 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
             cfg = loop.cfg
             loop.model = models.build_model(cfg.model, len(loop.class_names), tuple(cfg.data.decode.image_size))
             if cfg.head_epochs > 0:
-                models.set_freeze_depth(loop.model, "all")
+                models.set_freeze_depth(loop.model, "all", pretrained=models.is_pretrained(cfg.model.weights))
             # With loss and metrics, for plain Keras users of a checkpoint; the loop computes its own.
             models.compile_model(loop.model, make_optimizer(cfg, loop.steps_per_epoch), len(loop.class_names))
             # The optimizer must know every variable that any stage will train, so
@@ -204,7 +204,7 @@ def enter_stage(loop: WorkerLoop, epoch: int):
     (train_step, eval_step, all-reduce timer or None)."""
     cfg = loop.cfg
     loop.stage = stage_freeze_depth(cfg, epoch)
-    models.set_freeze_depth(loop.model, loop.stage)
+    models.set_freeze_depth(loop.model, loop.stage, pretrained=models.is_pretrained(cfg.model.weights))
     if cfg.head_epochs and epoch == cfg.head_epochs and cfg.lr_schedule == "constant":
         loop.model.optimizer.learning_rate.assign(cfg.learning_rate * cfg.fine_tune_lr_factor)
     loop.say(f"epoch {epoch + 1}: freeze_depth={loop.stage}, trainable weights={len(loop.model.trainable_weights)}")

@@ -21,13 +21,14 @@ class final_stage_trainable:
     def __init__(self, model, cfg: TrainConfig, stage):
         self.model, self.cfg, self.stage = model, cfg, stage
         self.switch = cfg.head_epochs > 0 and stage != cfg.model.freeze_depth
+        self.pretrained = models.is_pretrained(cfg.model.weights)
 
     def __enter__(self):
         if self.switch:
-            models.set_freeze_depth(self.model, self.cfg.model.freeze_depth)
+            models.set_freeze_depth(self.model, self.cfg.model.freeze_depth, pretrained=self.pretrained)
         return self.model
 
     def __exit__(self, *exc):
         if self.switch:
-            models.set_freeze_depth(self.model, self.stage)
+            models.set_freeze_depth(self.model, self.stage, pretrained=self.pretrained)
         return False

@@ -416,3 +416,51 @@ def test_small_entries_build_at_minimum_size(name):
 @pytest.mark.parametrize("name", [s.name for s in models.list_models(kind="backbone")])
 def test_every_backbone_builds_at_minimum_size(name):
     _build_and_predict(name)
+
+
+def _bn_moving_stats(model: keras.Model) -> list[np.ndarray]:
+    return [v.numpy().copy() for layer in models.backbone_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def _fit_steps(model: keras.Model, steps: int = 3) -> None:
+    models.compile_model(model, keras.optimizers.Adam(1e-3), 3)
+    x, y = _pixels(8 * steps, size=(32, 32), seed=3), np.arange(8 * steps) % 3
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+def test_pretrained_backbone_batchnorm_stays_in_inference_mode_when_fine_tuned(tmp_path):
+    """The classic transfer-learning pitfall: unfrozen BatchNorm layers fed small
+    fine-tuning batches overwrite the pretrained moving statistics. From scratch
+    the backbone's BatchNorm layers learn their statistics; with weights they stay
+    frozen while the convolutions train. Kept through a stage switch and a .keras
+    save and reload; the recorded freeze depth is the one asked for."""
+    keras.utils.set_random_seed(0)
+    scratch = models.build_model(ModelConfig(name="mobilenet", alpha=0.25), 3, (32, 32))
+    before = _bn_moving_stats(scratch)
+    _fit_steps(scratch)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, _bn_moving_stats(scratch), strict=True))
+
+    weights = models.save_backbone_weights(scratch, str(tmp_path / "bb.weights.h5"))  # "pretrained" from here on
+    tuned = models.build_model(ModelConfig(name="mobilenet", alpha=0.25, weights=weights), 3, (32, 32))
+    models.set_freeze_depth(tuned, "all", pretrained=True)  # stage one, then the widest stage two
+    models.set_freeze_depth(tuned, 0, pretrained=True)
+    assert models.frozen_depth(tuned) == 0
+    backbone = models.get_backbone(tuned)
+    before, kernels = _bn_moving_stats(tuned), [w.numpy().copy() for w in backbone.trainable_weights]
+    assert kernels and not any("gamma" in w.path or "beta" in w.path for w in backbone.trainable_weights)
+    _fit_steps(tuned)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _bn_moving_stats(tuned), strict=True))
+    # the unfrozen convolutions still learn
+    assert not all(np.array_equal(a, w.numpy()) for a, w in zip(kernels, backbone.trainable_weights, strict=True))
+
+    path = tmp_path / "tuned.keras"
+    tuned.save(path)
+    reloaded = keras.models.load_model(path)
+    before = _bn_moving_stats(reloaded)
+    _fit_steps(reloaded)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _bn_moving_stats(reloaded), strict=True))
+
+    boundary = models.block_boundaries("mobilenet", 0.25)[2]
+    models.set_freeze_depth(tuned, boundary, pretrained=True)
+    assert models.frozen_depth(tuned) == boundary

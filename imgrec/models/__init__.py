@@ -25,6 +25,7 @@ from imgrec.models.registry import (
     PREPROCESSING,
     ModelSpec,
     get_spec,
+    is_pretrained,
     list_models,
     model_identity,
     model_name,
@@ -57,6 +58,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BACKBONE_NAME", "DEFAULT_MODEL", "HEADS", "KINDS", "PREPROCESSING", "ModelSpec", "class_probabilities",
+    "BACKBONE_NAME", "DEFAULT_MODEL", "HEADS", "KINDS", "PREPROCESSING", "ModelSpec", "class_probabilities", "is_pretrained",
     "get_spec", "list_models", "loss_name", "model_identity", "model_name", "register", *_LAZY,
 ]

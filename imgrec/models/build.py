@@ -31,6 +31,7 @@ from imgrec.models.registry import (
     check_size,
     get_spec,
     imagenet_size,
+    is_pretrained,
     model_name,
     warn_size,
     weights_kind,
@@ -99,7 +100,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
-        set_freeze_depth(model, cfg.freeze_depth)
+        set_freeze_depth(model, cfg.freeze_depth, pretrained=is_pretrained(cfg.weights))
     return model
 
 

@@ -45,13 +45,18 @@ def backbone_layer_count(model: keras.Model) -> int:
     return len(backbone_layers(model))
 
 
-def set_freeze_depth(model: keras.Model, depth: int | str) -> int:
+def set_freeze_depth(model: keras.Model, depth: int | str, *, pretrained: bool = False) -> int:
     """Freeze the first ``depth`` backbone layers and unfreeze the rest;
     ``"all"`` freezes the whole backbone. Returns the number frozen.
 
     Frozen BatchNormalization layers run in inference mode (Keras 3: a
     BatchNormalization with ``trainable=False`` uses its moving statistics and
-    does not update them, even in ``fit``). Works on a freshly built model and
+    does not update them, even in ``fit``). With ``pretrained`` weights every
+    backbone BatchNormalization stays frozen, unfrozen blocks included: small
+    fine-tuning batches would otherwise overwrite the pretrained statistics (the
+    classic transfer-learning pitfall; ``backbone(x, training=False)`` does not
+    help in Keras 3, whose ``fit`` passes ``training=True`` through, keras#20285).
+    A backbone trained from scratch needs its batch statistics: leave it False. Works on a freshly built model and
     on one reloaded with ``keras.models.load_model``. Compile (again) afterwards:
     the trainable set is fixed when the train step is traced.
 
@@ -64,17 +69,20 @@ def set_freeze_depth(model: keras.Model, depth: int | str) -> int:
     backbone = get_backbone(model)
     backbone.trainable = True  # clears any blanket freeze before the per-layer one
     for i, layer in enumerate(layers):
-        layer.trainable = i >= n
+        layer.trainable = i >= n and not (pretrained and isinstance(layer, keras.layers.BatchNormalization))
     return n
 
 
 def frozen_depth(model: keras.Model) -> int:
-    """How many leading backbone layers are frozen (what ``set_freeze_depth`` set)."""
-    n = 0
-    for layer in backbone_layers(model):
-        if layer.trainable:
-            break
-        n += 1
+    """How many leading backbone layers are frozen (what ``set_freeze_depth`` set).
+    BatchNormalization layers kept frozen in a pretrained backbone's trainable part
+    do not count: the depth ends before them where they open the trainable part."""
+    layers = backbone_layers(model)
+    n = next((i for i, layer in enumerate(layers) if layer.trainable), len(layers))
+    bn = keras.layers.BatchNormalization
+    kept = any(isinstance(layer, bn) and not layer.trainable for layer in layers[n:])  # pretrained mode
+    while kept and 0 < n < len(layers) and isinstance(layers[n - 1], bn):
+        n -= 1
     return n
 
 

@@ -246,6 +246,11 @@ def weights_kind(weights: str | None) -> str:
     return "file"
 
 
+def is_pretrained(weights: str | None) -> bool:
+    """Weights from ImageNet or a file: the backbone's BatchNorm statistics are kept (``set_freeze_depth``)."""
+    return weights_kind(weights) != "none"
+
+
 def imagenet_size(spec: ModelSpec, size: tuple[int, int]) -> tuple[int, int]:
     """The input size the published ImageNet weights closest to ``size`` were trained at."""
     sizes = spec.imagenet_sizes or (spec.input_size[0],)
