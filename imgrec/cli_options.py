@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,10 +81,13 @@ def parse_list(kind: type = str, option: str = "") -> Callable[[str | None], lis
 
 
 def parse_freeze(text: str) -> int | str:
-    """``--freeze-depth``: a number of backbone layers, or ``all``."""
-    if text == "all" or (text.isdigit() and int(text) >= 0):
-        return text if text == "all" else int(text)
-    raise typer.BadParameter(f"--freeze-depth {text!r}: give a number of backbone layers (e.g. 20) or 'all'")
+    """``--freeze-depth``: a number of backbone layers, ``all`` or ``all-K``."""
+    if text.isdigit():
+        return int(text)
+    if text == "all" or re.fullmatch(r"all-[1-9]\d*", text):
+        return text
+    raise typer.BadParameter(f"--freeze-depth {text!r}: give a number of backbone layers (e.g. 20), 'all', or "
+                             "'all-K' (all but the top K blocks, e.g. all-2)")
 
 
 def flag_of(options: Sequence[Option], path: str) -> str | None:

@@ -12,7 +12,14 @@ import typer
 from imgrec.augment import preset_names
 from imgrec.cli_common import clear_errors
 from imgrec.cli_options import Option, build, command, parse_freeze, parse_size
-from imgrec.config import LR_SCHEDULES, OPTIMIZERS, RESIZE_MODES, AugmentConfig, TrainConfig
+from imgrec.config import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    RESIZE_MODES,
+    AugmentConfig,
+    TrainConfig,
+    parse_head_epochs,
+)
 from imgrec.models import HEADS
 from imgrec.train import train
 
@@ -23,8 +30,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("run_name", ("run_name",), "Run folder name (unset: generated)."),
     Option("model", ("model.name",), "Registry name (imgrec models list)."),
     Option("weights", ("model.weights",), "none | imagenet | path or s3:// URI of a weights file."),
-    Option("freeze_depth", ("model.freeze_depth",), "Backbone layers frozen: N, or 'all'.", kind=str,
-           parse=parse_freeze),
+    Option("freeze_depth", ("model.freeze_depth",), "Backbone layers frozen: N layers, 'all', or 'all-K' (all "
+           "but the top K blocks).", kind=str, parse=parse_freeze),
     Option("head", ("model.head",), "Transfer head.", choices=HEADS),
     Option("dropout", ("model.dropout",), "Dropout before the output layer."),
     Option("alpha", ("model.alpha",), "MobileNet width multiplier."),
@@ -45,7 +52,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("lr", ("learning_rate",), "Learning rate."),
     Option("lr_schedule", ("lr_schedule",), "Learning-rate schedule.", choices=LR_SCHEDULES),
     Option("early_stopping", ("early_stopping_patience",), "Stop after N epochs without val_accuracy gain."),
-    Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first."),
+    Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first; auto: a third of "
+           "the epochs with pretrained weights and a freeze depth that fine-tunes blocks.", kind=str,
+           parse=parse_head_epochs),
     Option("fine_tune_lr_factor", ("fine_tune_lr_factor",), "Two-stage: stage-two lr = lr x factor."),
     Option("class_weight", ("class_weight",), "Loss weight per class: none, balanced (n / (classes x count), "
            "from the training split) or JSON such as '{\"cat\": 1, \"dog\": 3}' (unnamed classes: 1).", kind=str),
@@ -61,7 +70,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
 OPTION = {opt.name: opt for opt in TRAIN_OPTIONS}
 
 # transfer (and tune, which sweeps a transfer job) start from MobileNet at 128x128 with ImageNet weights
-TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth": "all", "image_size": "128"}
+TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth": "all-2", "head_epochs": "auto",
+                     "image_size": "128"}
 
 
 def train_options(**defaults: Any) -> tuple[Option, ...]:

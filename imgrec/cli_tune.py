@@ -10,7 +10,7 @@ import typer
 
 from imgrec import tune
 from imgrec.cli_common import clear_errors
-from imgrec.cli_options import Option, build, command, parse_list
+from imgrec.cli_options import Option, build, command, parse_freeze, parse_list
 from imgrec.cli_train import OPTION, TRANSFER_DEFAULTS
 from imgrec.config import SWEEP_SCHEDULERS, SWEEP_SEARCHES, SweepConfig
 
@@ -34,8 +34,8 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     _base("image_size"),
     Option("samples", ("num_samples",), "Number of trials (with --search grid: repeats of the grid)."),
     _base("epochs", help="Epochs per trial (ASHA may stop weak trials earlier).", default=5),
-    Option("freeze_depths", ("freeze_depths",), "Depths to try, e.g. 0,20,40,all (unset: 0 + block boundaries).",
-           kind=str, parse=parse_list(int, "--freeze-depths")),
+    Option("freeze_depths", ("freeze_depths",), "Depths to try, e.g. 0,20,all-2,all (unset: all and all-1,2,4,8).",
+           kind=str, parse=parse_list(parse_freeze, "--freeze-depths")),
     Option("lr_min", ("lr_min",), "Learning rate, log-uniform from ..."),
     Option("lr_max", ("lr_max",), "... to this."),
     Option("batch_sizes", ("batch_sizes",), "Global batch sizes to try, e.g. 16,32 (unset: --batch-size).",
@@ -52,6 +52,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     Option("scheduler", ("scheduler",), "asha stops weak trials early.", choices=SWEEP_SCHEDULERS),
     Option("search", ("search",), "auto: optuna if installed, else random.", choices=SWEEP_SEARCHES),
     _base("head"),
+    _base("head_epochs"),
     _base("optimizer"),
     _base("class_weight"),
     _base("validation_split"),

@@ -199,7 +199,8 @@ class ModelConfig:
 
     name: str = "small_cnn"
     weights: str = "none"  # none | imagenet | path or s3:// URI to .h5/.weights.h5/.keras
-    freeze_depth: int | str = 0  # backbone layers frozen; "all" = pure feature extraction
+    # backbone layers frozen: N layers, "all" (pure feature extraction) or "all-K" (all but the top K blocks)
+    freeze_depth: int | str = 0
     head: str = "lean"  # lean (dropout + Dense) | course (Dense 1024-1024-512)
     dropout: float = 0.2
     alpha: float | None = None  # MobileNet width multiplier
@@ -225,7 +226,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine | exponential
     early_stopping_patience: int | None = None  # epochs without val_accuracy gain
-    head_epochs: int = 0  # two-stage transfer: epochs with the backbone frozen first
+    # two-stage transfer: epochs with the backbone frozen first; "auto": a third of the
+    # epochs when pretrained weights meet a freeze depth that leaves blocks to fine-tune
+    head_epochs: int | str = 0
     fine_tune_lr_factor: float = 0.1  # stage-two learning rate = learning_rate * factor
     seed: int = 0
     keep_checkpoints: int = 2  # best K by val_accuracy (the latest is always kept too)
@@ -255,12 +258,24 @@ class TrainConfig:
         self._check_counts()
         self._check_rates()
 
+    def head_epoch_count(self) -> int:
+        """``head_epochs`` resolved: ``"auto"`` is a third of the epochs (at least one)
+        where pretrained weights meet a freeze depth that leaves part of the backbone
+        to fine-tune, else none (from scratch, or everything frozen anyway)."""
+        if self.head_epochs != "auto":
+            return int(self.head_epochs)
+        fine_tunes = str(self.model.freeze_depth).strip().lower() != "all"
+        if self.epochs < 2 or not fine_tunes or str(self.model.weights).strip().lower() in ("none", ""):
+            return 0
+        return max(1, self.epochs // 3)
+
     def _check_counts(self) -> None:
+        self.head_epochs = parse_head_epochs(self.head_epochs)
         for name, low, hint in _TRAIN_COUNTS:
             value = getattr(self, name)
-            if value is not None and int(value) < low:
+            if value is not None and value != "auto" and int(value) < low:
                 raise ConfigError(f"{name} must be >= {low}{hint}, got {value!r}", name)
-        if self.head_epochs and self.head_epochs >= self.epochs:
+        if self.head_epochs != "auto" and self.head_epochs and self.head_epochs >= self.epochs:
             raise ConfigError(
                 f"head_epochs ({self.head_epochs}) must be < epochs ({self.epochs}), or the fine-tuning stage "
                 "never runs; for head-only training set freeze_depth to all and head_epochs to 0",
@@ -288,6 +303,17 @@ _TRAIN_COUNTS = (
     ("early_stopping_patience", 0, " (0 or unset: no early stopping)"),
     ("max_failures", -1, " (-1: restart without limit)"),
 )
+
+
+def parse_head_epochs(value: int | str) -> int | str:
+    """``"auto"`` or an epoch count (also given as text, as the CLI does)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"head_epochs must be 'auto' or a number of epochs >= 0, got {value!r}",
+                          "head_epochs") from None
 
 
 CLASS_WEIGHT_MODES = ("none", "balanced")
@@ -371,7 +397,7 @@ class SweepConfig:
 
     base: TrainConfig = field(default_factory=TrainConfig)
     num_samples: int = 8  # trials; with search="grid": repeats of the grid
-    freeze_depths: list[int | str] | None = None  # None: 0 and every backbone block boundary
+    freeze_depths: list[int | str] | None = None  # None: all, and all-K for the top 1, 2, 4, 8 blocks
     lr_min: float = 1e-4  # learning rate, log-uniform in [lr_min, lr_max]
     lr_max: float = 1e-2
     batch_sizes: list[int] | None = None  # None: base.batch_size

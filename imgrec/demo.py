@@ -7,8 +7,9 @@ Ray cluster (or any cluster and storage you point it at).
    2 CPU cores; shapes need far longer, which is the point of transfer.
 2. Train MobileNet from scratch on task A and save its backbone weights: the
    stand-in for ``weights="imagenet"``, which needs the network.
-3. Fine-tune on task B from those weights with the lower backbone frozen, as
-   ``jobs/transfer.py`` does, then evaluate on B's test tree and write the report.
+3. Fine-tune on task B from those weights in two stages, as ``jobs/transfer.py``
+   does: the head alone, then the upper blocks with it (the lower backbone stays
+   frozen); evaluate on B's test tree and write the report.
 
 The demo runs at 64x64 so that it fits in minutes on 2 CPU cores; the transfer
 job's own default is MobileNet at 128x128.
@@ -94,8 +95,10 @@ def run_demo(root: str = "demo-output", *, image_size=(64, 64), alpha: float = 0
     boundaries = models.block_boundaries("mobilenet", alpha)
     freeze_depth = boundaries[len(boundaries) // 2]
     print(f"[demo] 3/3 fine-tuning on task B from those weights, freeze_depth={freeze_depth}", flush=True)
+    # Two stages, as the transfer job's default: the new head alone first (head_epochs
+    # "auto": a third of the epochs), then the upper blocks with it at a tenth of the rate.
     transfer = train(transfer_config(task_b, runs, weights_uri, freeze_depth=freeze_depth, epochs=transfer_epochs,
-                                     image_size=image_size, alpha=alpha, workers=workers,
+                                     image_size=image_size, alpha=alpha, workers=workers, head_epochs="auto",
                                      run_name=f"transfer-b-{stamp}"))
     elapsed = time.time() - t0
     print(f"[demo] task A test accuracy {pretrain.test_metrics.get('accuracy', float('nan')):.3f}; "

@@ -35,7 +35,7 @@ from imgrec.config import TrainConfig, from_dict, to_dict
 from imgrec.data import shard_batches
 from imgrec.layout import RunLayout
 from imgrec.loop_state import LoopOptions, WorkerLoop
-from imgrec.stages import final_stage_trainable, stage_freeze_depth
+from imgrec.stages import apply_freeze_depth, final_stage_trainable, stage_freeze_depth
 from imgrec.timing import timed
 
 # =========================================================================== entry point
@@ -72,6 +72,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update(validate(steps[1], data.get("val")) or _train_as_val(metrics))
         metrics.update(loop.phases)
         metrics["optimizer_iterations"] = int(loop.model.optimizer.iterations.numpy())
+        # the stage in force: two-stage runs show where the head-only epochs ended
+        metrics.update(freeze_depth=loop.stage, trainable_weights=len(loop.model.trainable_weights))
         loop.history.append(metrics)
         hooks.on_epoch_end(loop, epoch, metrics)
         if loop.stop_training:
@@ -132,13 +134,13 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
         else:
             cfg = loop.cfg
             loop.model = models.build_model(cfg.model, len(loop.class_names), tuple(cfg.data.decode.image_size))
-            if cfg.head_epochs > 0:
-                models.set_freeze_depth(loop.model, "all", pretrained=models.is_pretrained(cfg.model.weights))
+            if cfg.head_epoch_count() > 0:
+                apply_freeze_depth(loop.model, cfg, "all")
             # With loss and metrics, for plain Keras users of a checkpoint; the loop computes its own.
             models.compile_model(loop.model, make_optimizer(cfg, loop.steps_per_epoch), len(loop.class_names))
             # The optimizer must know every variable that any stage will train, so
             # stage two can continue its state: build it on the stage-two set.
-            with final_stage_trainable(loop.model, cfg, "all" if cfg.head_epochs > 0 else cfg.model.freeze_depth):
+            with final_stage_trainable(loop.model, cfg, "all" if cfg.head_epoch_count() > 0 else cfg.model.freeze_depth):
                 loop.model.optimizer.build(loop.model.trainable_variables)
     if loop.model.optimizer is None:
         raise RuntimeError("checkpoint has no optimizer state; cannot resume training from it")
@@ -204,8 +206,8 @@ def enter_stage(loop: WorkerLoop, epoch: int):
     (train_step, eval_step, all-reduce timer or None)."""
     cfg = loop.cfg
     loop.stage = stage_freeze_depth(cfg, epoch)
-    models.set_freeze_depth(loop.model, loop.stage, pretrained=models.is_pretrained(cfg.model.weights))
-    if cfg.head_epochs and epoch == cfg.head_epochs and cfg.lr_schedule == "constant":
+    apply_freeze_depth(loop.model, cfg, loop.stage)
+    if cfg.head_epoch_count() and epoch == cfg.head_epoch_count() and cfg.lr_schedule == "constant":
         loop.model.optimizer.learning_rate.assign(cfg.learning_rate * cfg.fine_tune_lr_factor)
     loop.say(f"epoch {epoch + 1}: freeze_depth={loop.stage}, trainable weights={len(loop.model.trainable_weights)}")
     return (*step_functions(loop), allreduce_timer(loop.strategy, loop.model) if loop.world > 1 else None)

@@ -103,7 +103,7 @@ def check_model(cfg: TrainConfig) -> ModelSpec:
         check_model_config(spec, cfg.model)
     with blame("data.decode.image_size"):
         check_size(spec, cfg.data.decode.image_size)
-    if cfg.head_epochs and spec.kind != "backbone":
+    if cfg.head_epoch_count() and spec.kind != "backbone":
         raise ConfigError(f"head_epochs (two-stage transfer) applies to backbones; {spec.name} has none, "
                           "set it to 0", "head_epochs")
     return spec

@@ -9,8 +9,15 @@ from imgrec.config import TrainConfig
 
 
 def stage_freeze_depth(cfg: TrainConfig, epoch: int) -> int | str:
-    """The whole backbone frozen for the first ``head_epochs``, then ``freeze_depth``."""
-    return "all" if epoch < cfg.head_epochs else cfg.model.freeze_depth
+    """The whole backbone frozen for the first head epochs, then ``freeze_depth``."""
+    return "all" if epoch < cfg.head_epoch_count() else cfg.model.freeze_depth
+
+
+def apply_freeze_depth(model, cfg: TrainConfig, depth: int | str) -> int:
+    """``set_freeze_depth`` with what the config knows: pretrained weights keep the
+    backbone's BatchNorm frozen; ``all-K`` counts the model's own blocks."""
+    return models.set_freeze_depth(model, depth, pretrained=models.is_pretrained(cfg.model.weights),
+                                   model_name=cfg.model.name)
 
 
 class final_stage_trainable:
@@ -20,15 +27,14 @@ class final_stage_trainable:
 
     def __init__(self, model, cfg: TrainConfig, stage):
         self.model, self.cfg, self.stage = model, cfg, stage
-        self.switch = cfg.head_epochs > 0 and stage != cfg.model.freeze_depth
-        self.pretrained = models.is_pretrained(cfg.model.weights)
+        self.switch = cfg.head_epoch_count() > 0 and stage != cfg.model.freeze_depth
 
     def __enter__(self):
         if self.switch:
-            models.set_freeze_depth(self.model, self.cfg.model.freeze_depth, pretrained=self.pretrained)
+            apply_freeze_depth(self.model, self.cfg, self.cfg.model.freeze_depth)
         return self.model
 
     def __exit__(self, *exc):
         if self.switch:
-            models.set_freeze_depth(self.model, self.stage, pretrained=self.pretrained)
+            apply_freeze_depth(self.model, self.cfg, self.stage)
         return False

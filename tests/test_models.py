@@ -19,7 +19,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from imgrec import models, storage  # noqa: E402
-from imgrec.config import ConfigError, ModelConfig  # noqa: E402
+from imgrec.config import ConfigError, ModelConfig, TrainConfig  # noqa: E402
+from imgrec.models.registry import check_model_config  # noqa: E402
 
 SIZE = (96, 96)
 
@@ -232,6 +233,40 @@ def test_freeze_depth_freezes_exactly_k_layers_and_batchnorm_runs_in_inference_m
 
     assert models.set_freeze_depth(model, "all") == len(layers) and models.frozen_depth(model) == len(layers)
     assert models.set_freeze_depth(model, 0) == 0 and all(ly.trainable for ly in layers)
+
+
+def test_all_but_top_k_blocks_freezes_up_to_a_block_boundary():
+    """``all-K``, the transfer default's freeze depth, counts blocks from the top with
+    the entry's own block rule; a K the backbone does not have is refused by name."""
+    bounds = models.block_boundaries("mobilenet", alpha=0.25)
+    model = _mobilenet()
+    for k in (1, 2, 5):
+        assert models.set_freeze_depth(model, f"all-{k}", model_name="mobilenet") == bounds[-k]
+        assert models.frozen_depth(model) == bounds[-k]
+    with pytest.raises(ConfigError, match=r"all-99: mobilenet has 14 blocks, so K must be in \[1, 13\]"):
+        models.set_freeze_depth(model, "all-99", model_name="mobilenet")
+    with pytest.raises(ConfigError, match="pass model_name"):
+        models.set_freeze_depth(model, "all-2")
+    built = models.build_model(ModelConfig(name="mobilenet", alpha=0.25, freeze_depth="all-2"), 3, (32, 32))
+    assert models.frozen_depth(built) == bounds[-2]
+    for bad in ("all-0", "all-x", "-2", 1.5):
+        with pytest.raises(ConfigError, match="freeze_depth must be"):
+            check_model_config(models.get_spec("mobilenet"), ModelConfig(name="mobilenet", freeze_depth=bad))
+
+
+@pytest.mark.parametrize("epochs, depth, weights, head", [
+    (10, "all-2", "imagenet", 3), (9, 40, "w.weights.h5", 3), (2, 0, "imagenet", 1),
+    (1, "all-2", "imagenet", 0),  # one epoch: no room for two stages
+    (10, "all", "imagenet", 0),  # everything frozen: stage two would train nothing more
+    (10, "all-2", "none", 0),  # from scratch: no pretrained features to protect
+])
+def test_auto_head_epochs_only_where_two_stages_fine_tune_pretrained_weights(epochs, depth, weights, head):
+    cfg = TrainConfig(epochs=epochs, head_epochs="auto",
+                      model=ModelConfig(name="mobilenet", freeze_depth=depth, weights=weights))
+    assert cfg.head_epoch_count() == head
+    assert TrainConfig(epochs=epochs + 1, head_epochs=str(epochs)).head_epoch_count() == epochs  # as the CLI gives it
+    with pytest.raises(ConfigError, match="head_epochs must be 'auto' or a number"):
+        TrainConfig(head_epochs="some")
 
 
 def test_set_freeze_depth_on_models_without_backbone():

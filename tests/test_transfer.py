@@ -65,6 +65,18 @@ def test_frozen_layers_bit_identical_unfrozen_changed(transfer_demo):
     assert frozen_checked > 0 and changed > 0
 
 
+def test_two_stages_head_first_then_the_upper_blocks(transfer_demo):
+    """The demo fine-tunes as the transfer job does by default: head_epochs "auto"
+    (a third of 4 epochs: one) trains the head alone, then the blocks above the
+    freeze depth join it at a tenth of the learning rate; each epoch records its stage."""
+    history = transfer_demo.transfer.history
+    stages = [(h["freeze_depth"], h["trainable_weights"]) for h in history]
+    assert stages[0] == ("all", 2)  # the new Dense layer's kernel and bias
+    assert all(depth == transfer_demo.freeze_depth for depth, _ in stages[1:]) and len(stages) == 4
+    assert stages[1][1] > 2
+    assert history[1]["learning_rate"] == pytest.approx(history[0]["learning_rate"] * 0.1)
+
+
 def test_transfer_beats_same_budget_from_scratch(transfer_demo, scratch_run):
     """Task B's 4 epochs from task A's weights against the same 4 epochs from random
     weights (one more Train launch). Measured: 0.94 and 0.69 against 0.33 (chance) twice."""

@@ -100,7 +100,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
-        set_freeze_depth(model, cfg.freeze_depth, pretrained=is_pretrained(cfg.weights))
+        set_freeze_depth(model, cfg.freeze_depth, pretrained=is_pretrained(cfg.weights), model_name=cfg.name)
     return model
 
 

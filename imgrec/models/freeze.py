@@ -45,9 +45,12 @@ def backbone_layer_count(model: keras.Model) -> int:
     return len(backbone_layers(model))
 
 
-def set_freeze_depth(model: keras.Model, depth: int | str, *, pretrained: bool = False) -> int:
+def set_freeze_depth(model: keras.Model, depth: int | str, *, pretrained: bool = False,
+                     model_name: str | None = None) -> int:
     """Freeze the first ``depth`` backbone layers and unfreeze the rest;
-    ``"all"`` freezes the whole backbone. Returns the number frozen.
+    ``"all"`` freezes the whole backbone, ``"all-K"`` all but its top K blocks
+    (found by the block-end rule of ``model_name``'s registry entry). Returns the
+    number frozen.
 
     Frozen BatchNormalization layers run in inference mode (Keras 3: a
     BatchNormalization with ``trainable=False`` uses its moving statistics and
@@ -65,7 +68,7 @@ def set_freeze_depth(model: keras.Model, depth: int | str, *, pretrained: bool =
     if depth in (0, "0", None) and not has_backbone(model):
         return 0
     layers = backbone_layers(model)
-    n = _resolve_depth(depth, len(layers))
+    n = _resolve_depth(depth, layers, model_name)
     backbone = get_backbone(model)
     backbone.trainable = True  # clears any blanket freeze before the per-layer one
     for i, layer in enumerate(layers):
@@ -86,22 +89,45 @@ def frozen_depth(model: keras.Model) -> int:
     return n
 
 
-def _resolve_depth(depth: int | str | None, count: int) -> int:
+def _resolve_depth(depth: int | str | None, layers: list[keras.layers.Layer], model_name: str | None) -> int:
+    count = len(layers)
     if depth is None:
         return 0
     if isinstance(depth, str):
         if depth.strip().lower() == "all":
             return count
+        top = top_blocks(depth)
+        if top is not None:
+            return _all_but_top(layers, top, model_name)
         try:
             depth = int(depth)
         except ValueError:
-            raise ConfigError(f"freeze_depth must be an integer or 'all', got {depth!r}") from None
+            raise ConfigError(f"freeze_depth must be an integer, 'all' or 'all-K', got {depth!r}") from None
     if not 0 <= int(depth) <= count:
         raise ConfigError(
             f"freeze_depth must be between 0 and {count} (this backbone's layer count) or 'all', got {depth}; "
             "see models.block_boundaries() for depths that end on a block"
         )
     return int(depth)
+
+
+def top_blocks(depth: int | str | None) -> int | None:
+    """K of a freeze depth ``"all-K"`` (all but the top K blocks), else None."""
+    m = _ALL_BUT.fullmatch(str(depth).strip().lower())
+    return int(m.group(1)) if m else None
+
+
+_ALL_BUT = re.compile(r"all-(\d+)")
+
+
+def _all_but_top(layers: list[keras.layers.Layer], top: int, model_name: str | None) -> int:
+    if model_name is None:
+        raise ConfigError("freeze_depth 'all-K' counts blocks: pass model_name so the block rule is known")
+    ends = _block_ends(layers, get_spec(model_name).blocks)
+    if not 1 <= top <= len(ends):
+        raise ConfigError(f"freeze_depth all-{top}: {model_name} has {len(ends) + 1} blocks, so K must be in "
+                          f"[1, {len(ends)}]; give a smaller K, or 0 to fine-tune everything", "model.freeze_depth")
+    return ends[-top]
 
 
 def _block_ends(layers: list[keras.layers.Layer], rule: str) -> list[int]:

@@ -197,13 +197,16 @@ def check_model_config(spec: ModelSpec, cfg) -> None:
 
 
 def check_freeze_depth(depth) -> None:
-    """A layer count >= 0 or ``"all"`` (``None``: 0), as ``set_freeze_depth`` takes it;
-    whether the backbone has that many layers is known only once it is built."""
+    """A layer count >= 0, ``"all"`` or ``"all-K"`` with K >= 1 (``None``: 0), as
+    ``set_freeze_depth`` takes it; whether the backbone has that many layers or
+    blocks is known only once it is built."""
     text = str(depth).strip().lower()
     if depth is None or text == "all" or (text.isdigit() and not isinstance(depth, bool | float)):
         return
-    raise ConfigError(f"freeze_depth must be a number of backbone layers >= 0 or 'all', got {depth!r}",
-                      "freeze_depth")
+    if re.fullmatch(r"all-[1-9]\d*", text):
+        return
+    raise ConfigError(f"freeze_depth must be a number of backbone layers >= 0, 'all', or 'all-K' (all but the "
+                      f"top K >= 1 blocks), got {depth!r}", "freeze_depth")
 
 
 def _check_alpha(spec: ModelSpec, alpha) -> None:

@@ -27,15 +27,22 @@ def sweep_uri(cfg: SweepConfig) -> str:
     return sweep_layout(cfg).uri
 
 
+# The default depths, around the transfer job's own (all-2): a frozen feature
+# extractor, then the top 1, 2, 4 and 8 blocks fine-tuned (two stages with
+# head_epochs "auto"), as many as the backbone has blocks.
+DEFAULT_TOP_BLOCKS = (1, 2, 4, 8)
+
+
 def freeze_depth_choices(cfg: SweepConfig) -> list[int | str]:
-    """The explicit list, or 0 (fine-tune everything) plus every block boundary
-    of the backbone; a model without a backbone has only depth 0."""
+    """The explicit list, or ``all`` plus ``all-K`` for K in ``DEFAULT_TOP_BLOCKS``
+    the backbone has; a model without a backbone has only depth 0."""
     if cfg.freeze_depths is not None:
-        return [d if d == "all" else int(d) for d in cfg.freeze_depths]
+        return [int(d) if str(d).isdigit() else str(d) for d in cfg.freeze_depths]
     spec = models.get_spec(cfg.base.model.name)
     if spec.kind != "backbone":
         return [0]
-    return [0, *models.block_boundaries(spec.name, cfg.base.model.alpha)]
+    blocks = len(models.block_boundaries(spec.name, cfg.base.model.alpha))
+    return ["all", *(f"all-{k}" for k in DEFAULT_TOP_BLOCKS if k <= blocks)]
 
 
 def search_method(cfg: SweepConfig) -> str:
