@@ -47,9 +47,10 @@ def test_the_shared_run_is_tracked_whole(trained_run, mlflow_server, tmp_path):
     assert set(tracking.flatten(to_dict(cfg))) <= set(params)
 
     # a metric per epoch, each the epoch's record in history.json, timings included
+    # (test_train's resume may have added an epoch 11 to the run already)
     for name in ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "learning_rate",
                  "epoch_time_s", "data_wait_s", "val_time_s", "compute_s", "unaccounted_s"):
-        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name) if m.step <= 10}
         assert logged == pytest.approx({h["epoch"]: h[name] for h in result.history}), name
     assert run.data.metrics["test_accuracy"] == pytest.approx(result.test_metrics["accuracy"])
     assert any(k.startswith("startup_") for k in run.data.metrics)
@@ -85,13 +86,13 @@ def test_an_unreachable_server_warns_once_and_never_holds_training_up(trained_ru
     down = replace(cfg, tracking=f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
     with tracking.track_run(down, result.run_uri):
-        time.sleep(5)  # training: polls every 2 s, each would fail again if it were tried
+        time.sleep(3)  # training: a poll every 2 s, which would fail again if it were tried
     elapsed = time.monotonic() - t0
     err = capfd.readouterr().err
     warnings = [line for line in err.splitlines() if "warning: tracking" in line]
     assert len(warnings) == 1, err
     assert down.tracking in warnings[0] and "training goes on untracked" in warnings[0]
-    assert elapsed < 6.5, elapsed
+    assert elapsed < 4.5, elapsed
 
 
 @pytest.mark.slow

@@ -199,10 +199,11 @@ class TrackedSweep:
 
     def finish(self, session: Session, status: str, rows: list[dict[str, Any]] | None = None,
                best: dict[str, Any] | None = None) -> None:
-        session.watched.remove(self)
+        if self in session.watched:
+            session.watched.remove(self)
         for row in rows or []:
             child = self._child(session, row["trial"])
-            config = ckpt.resolve(row["checkpoint"]).manifest.get("train_config") if row["checkpoint"] else None
+            config = _trial_config(row["checkpoint"])
             params = flatten(config) if config else \
                 {k: str(row[k]) for k in ("freeze_depth", "learning_rate", "batch_size", "augment")}
             child.log_params(session, params, session.client.get_run(child.run_id).data.params)
@@ -219,6 +220,14 @@ class TrackedSweep:
             self.parent._log_metrics(session, [Metric("best_val_accuracy", float(best["val_accuracy"]), now, 0)])
         self.parent.finish(session, status, best=best["checkpoint"] if best else None,
                            tags={"imgrec.best_trial": best["trial"]} if best else None, files=SWEEP_FILES, folders=())
+
+
+def _trial_config(checkpoint: str | None) -> dict[str, Any] | None:
+    """The trial's whole TrainConfig, from its checkpoint's manifest (None: no checkpoint)."""
+    try:
+        return ckpt.resolve(checkpoint).manifest.get("train_config") if checkpoint else None
+    except (ckpt.CheckpointError, storage.StorageError):
+        return None
 
 
 def _folders(uri: str) -> list[str]:
