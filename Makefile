@@ -28,7 +28,7 @@ test-all: lint
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-output
+	rm -rf $(VENV) .pytest_cache demo-output .mlflow-server
 
 # checkov lives in its own venv: it pins packages that clash with ray/tensorflow.
 SCAN_VENV ?= .venv-scan

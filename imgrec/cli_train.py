@@ -66,6 +66,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("max_failures", ("max_failures",), "Worker-group restarts from the last checkpoint."),
     Option("evaluate", ("evaluate",), "Evaluate on the test tree at the end."),
     Option("report", ("report",), "Write plots and report.html."),
+    Option("tracking", ("tracking",), "Log to MLflow (a sweep: a parent run, a child per trial): a server "
+           "(http://host:5000), a local folder (./mlruns) or sqlite:///mlflow.db; needs mlflow-skinny (the tracking extra)."),
 )
 OPTION = {opt.name: opt for opt in TRAIN_OPTIONS}
 

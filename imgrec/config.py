@@ -240,6 +240,9 @@ class TrainConfig:
     # Loss weight per class: "none" | "balanced" (n / (classes * count), training split) | JSON
     # '{"cat": 1, "dog": 3}' (or that dict; unnamed classes weigh 1). See resolve_class_weights.
     class_weight: str | dict[str, float] = "none"
+    # MLflow tracking (imgrec.tracking): a server http(s)://host:port, a local folder (mlruns) or
+    # sqlite:///path.db; None: not tracked. Checked in imgrec.preflight.
+    tracking: str | None = None
 
     def __post_init__(self) -> None:
         self.workers = parse_workers(self.workers)

@@ -34,6 +34,7 @@ from imgrec.data.manifest import is_manifest, list_images, list_manifest
 from imgrec.data.tree import DataError, list_image_tree
 from imgrec.decode import IMAGE_SUFFIXES
 from imgrec.models.registry import ModelSpec, check_model_config, check_size, weights_kind
+from imgrec.tracking.uris import check_tracking
 
 NAMED_DATASETS = ("cifar10",)  # data URIs that are not a tree (loaded by name)
 
@@ -59,6 +60,7 @@ def check_train(cfg: TrainConfig, *, data: bool = True) -> None:
     """A run's config (a resumed run's own) fits its model and its URIs work;
     ``data=False`` when the caller hands the data in (arrays, a loaded dataset)."""
     check_model(cfg)
+    check_tracking(cfg.tracking)
     check_inputs(cfg, data=data)
     with blame("storage"):
         check_storage(cfg.storage)
@@ -70,6 +72,7 @@ def check_sweep(cfg: SweepConfig, *, data: bool = True) -> None:
     by the sweep driver, first: it reads a saved ``sweep.json`` from there."""
     with blame("base"):
         spec = check_model(cfg.base)
+        check_tracking(cfg.base.tracking)
         check_inputs(cfg.base, data=data)
     for depth in cfg.freeze_depths or []:
         try:

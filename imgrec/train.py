@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import evaluate, models, preflight, report, storage
+from imgrec import evaluate, models, preflight, report, storage, tracking
 from imgrec.config import (
     ConfigError,
     TrainConfig,
@@ -103,8 +103,9 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
                          driver_phases=phases)
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
     print(f"[imgrec] training {cfg.model.name} on {cfg.workers} worker(s), run {run.uri}", flush=True)
-    trainer.fit()
-    result = _finish(cfg, run, data)
+    with tracking.track_run(cfg, run.uri):  # MLflow, from this process only (imgrec.tracking)
+        trainer.fit()
+        result = _finish(cfg, run, data)
     result.elapsed_s = time.time() - t_start
     if result.test_metrics:
         print(f"[imgrec] test accuracy: {result.test_metrics['accuracy']:.4f} "
@@ -169,6 +170,7 @@ def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
         "resume": None,
         "evaluate": cfg.evaluate,
         "report": cfg.report,
+        "tracking": cfg.tracking,
     })
     return resumed, latest.uri
 

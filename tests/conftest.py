@@ -133,6 +133,96 @@ def ray_cluster(s3_server):
     ray.shutdown()
 
 
+# --------------------------------------------------------------------------- MLflow tracking server
+# A real MLflow server on loopback (sqlite backend, artifacts in a temp folder). mlflow-skinny (the
+# `tracking` extra) has no server, so the full mlflow wheel is laid, without dependencies, into
+# <repo>/.mlflow-server (kept across runs: installed once per clone) from tests/mlflow_server.txt.
+
+MLFLOW_PINS = REPO / "tests" / "mlflow_server.txt"
+MLFLOW_SERVER_DIR = REPO / ".mlflow-server"
+
+
+def _mlflow_server_packages() -> Path:
+    stamp = MLFLOW_SERVER_DIR / ".pins"
+    pins = MLFLOW_PINS.read_text()
+    if stamp.is_file() and stamp.read_text() == pins:
+        return MLFLOW_SERVER_DIR
+    staging = MLFLOW_SERVER_DIR.with_name(f".mlflow-server.{os.getpid()}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(staging),
+                    "-r", str(MLFLOW_PINS)], check=True)
+    (staging / ".pins").write_text(pins)
+    if MLFLOW_SERVER_DIR.exists():
+        import shutil
+
+        shutil.rmtree(MLFLOW_SERVER_DIR)
+    staging.rename(MLFLOW_SERVER_DIR)
+    return MLFLOW_SERVER_DIR
+
+
+class MlflowServer:
+    """``mlflow server`` on a free loopback port (sqlite backend, artifacts beside it), in its
+    own process group (uvicorn starts a worker process)."""
+
+    def __init__(self):
+        import tempfile
+
+        packages = _mlflow_server_packages()
+        self.root = Path(tempfile.mkdtemp(prefix="imgrec-mlflow-"))
+        self.uri = f"http://127.0.0.1:{_free_port()}"
+        env = {**os.environ, "PYTHONPATH": str(packages), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = open(self.root / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.uri.rsplit(":", 1)[1],
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
+
+    def wait(self, timeout_s: float = 180) -> str:
+        import urllib.request
+
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"MLflow server did not start: {(self.root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a sqlite file in a temp folder: nothing to flush
+            self.proc.wait(10)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_MLFLOW_SERVERS: list[MlflowServer] = []
+
+
+def pytest_collection_finish(session):
+    # Started as soon as a collected test needs it, so its ~10 s start-up overlaps S3, Ray and the first tests.
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        _MLFLOW_SERVERS.append(MlflowServer())
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """``http://127.0.0.1:PORT`` of a real MLflow tracking server for the session."""
+    server = _MLFLOW_SERVERS.pop() if _MLFLOW_SERVERS else MlflowServer()
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- shared training run
 # Each Ray Train launch costs ~30-40 s here, so the suite trains once per session
 # and every test that needs a trained run or checkpoint reuses this one.
@@ -230,10 +320,11 @@ class RunSummary:
 
 
 @pytest.fixture(scope="session")
-def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces):
+def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces, mlflow_server):
     """2-worker training with checkpoints in S3; a worker is killed in epoch 2 and
     Ray Train restarts the group from the last checkpoint. Every rank records the
-    hooks it ran (``HookTrace``); rank 0 writes ``summary.json`` (``RunSummary``)."""
+    hooks it ran (``HookTrace``); rank 0 writes ``summary.json`` (``RunSummary``).
+    Tracked to the session's MLflow server (``tests/test_tracking.py`` reads it back)."""
     from ray import cloudpickle
 
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, TrainConfig
@@ -258,6 +349,7 @@ def trained_run(ray_cluster, shapes_data, session_bucket, hook_traces):
         lr_schedule="cosine",
         max_failures=2,
         keep_checkpoints=2,
+        tracking=mlflow_server,
     )
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with fault_injection("crash", epoch=2, runs=["shared"]):  # the last worker dies at the start of epoch 2

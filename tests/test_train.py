@@ -183,15 +183,25 @@ def test_incomplete_checkpoint_is_never_used(trained_run, bucket):
 
 def test_resume_continues_epochs_and_optimizer_state(trained_run):
     """The course's save / load_model / continue fit, on the cluster: --resume
-    continues the epoch count and optimizer.iterations from the last checkpoint."""
+    continues the epoch count and optimizer.iterations from the last checkpoint,
+    and the run's MLflow run (``--tracking``) with the added epoch."""
+    from mlflow import MlflowClient
+
+    from imgrec import tracking
     from imgrec.config import TrainConfig
     from imgrec.train import train
 
     cfg, result = trained_run
     before = ckpt.resolve(result.run_uri, "latest")
     resumed = train(TrainConfig(resume=result.run_uri, epochs=cfg.epochs + 1, workers=2, evaluate=False,
-                                report=False))
+                                report=False, tracking=cfg.tracking))
     assert resumed.run_uri == result.run_uri
+    client = MlflowClient(tracking_uri=cfg.tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("imgrec").experiment_id],
+                                filter_string=f"tags.`{tracking.TAG_RUN}` = '{result.run_uri}'")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(steps) == list(range(1, cfg.epochs + 2))  # the same run, each epoch once
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == str(cfg.epochs)  # first values kept
     latest = ckpt.resolve(result.run_uri, "latest")
     assert latest.epoch == cfg.epochs + 1
     assert [h["epoch"] for h in latest.manifest["history"]] == list(range(1, cfg.epochs + 2))

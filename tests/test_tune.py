@@ -184,15 +184,15 @@ def test_cli_parses_into_a_sweep_config(monkeypatch):
 # --------------------------------------------------------------------------- one real sweep
 
 
-def test_sweep_four_trials_with_a_failed_trial_then_resume(ray_cluster, bucket):
+def test_sweep_four_trials_with_a_failed_trial_then_resume(ray_cluster, bucket, mlflow_server):
     """4 trials (1 Train worker each, 2 epochs, 2 at a time, ASHA), trial 1 given a
     NaN loss: the sweep finishes, ranks the others, writes table, plot and best.json;
-    resuming the finished sweep reruns nothing."""
+    resuming the finished sweep reruns nothing. Tracked to MLflow: a parent run, a child per trial."""
     from imgrec import tune
     from imgrec.data import load_dataset
     from imgrec.hooks import fault_injection
 
-    base = _base(_make_data(f"{bucket}/shapes"))
+    base = _base(_make_data(f"{bucket}/shapes"), tracking=mlflow_server)
     cfg = SweepConfig(base=base, num_samples=4, freeze_depths=[0, 16], lr_min=1e-3, lr_max=1e-2,
                       max_concurrent=2, storage=f"{bucket}/sweeps", name="s4")
     data = load_dataset(base.data)  # decoded once, shared by both calls below
@@ -247,9 +247,43 @@ def test_sweep_four_trials_with_a_failed_trial_then_resume(ray_cluster, bucket):
     assert {r: _trial_objects(uri, r) for r in rows} == before
     assert [(r["trial"], r["status"], r["best_val_accuracy"]) for r in again.rows] == \
         [(r["trial"], r["status"], r["best_val_accuracy"]) for r in result.rows]
+    _check_tracked_sweep(mlflow_server, uri, result.rows)
 
     with pytest.raises(ConfigError, match="already holds a sweep"):
         tune.sweep(cfg, dataset=data)  # the same name again without resume: refused, not overwritten
+
+
+def _check_tracked_sweep(server: str, uri: str, rows: list[dict]) -> None:
+    """The sweep's parent MLflow run and one child per trial nested under it, read back
+    through the MLflow client (after the sweep was resumed once: still one of each)."""
+    from mlflow import MlflowClient
+
+    from imgrec import tracking
+
+    client = MlflowClient(tracking_uri=server)
+    experiment = client.get_experiment_by_name("imgrec").experiment_id
+
+    def tracked_runs(tag, value):
+        return client.search_runs([experiment], filter_string=f"tags.`{tag}` = '{value}'")
+
+    (parent,) = tracked_runs(tracking.TAG_SWEEP, uri)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["num_samples"] == str(len(rows)) and parent.data.params["base.tracking"] == server
+    best = json.loads(storage.read_text(f"{uri}/best.json"))
+    assert parent.data.tags[tracking.TAG_BEST] == best["checkpoint"]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert {"best.json", "results.csv", "sweep.png", "sweep.json"} <= {a.path for a in client.list_artifacts(
+        parent.info.run_id)}
+    children = {c.info.run_name: c for c in tracked_runs(tracking.TAG_PARENT, parent.info.run_id)}
+    assert sorted(children) == sorted(r["trial"] for r in rows)
+    for row in rows:
+        child = children[row["trial"]]
+        assert child.data.tags[tracking.TAG_RUN] == row["run"]
+        assert child.info.status == ("FAILED" if row["status"] == "error" else "FINISHED")
+        if row["status"] != "error":  # a trial's params are its own config, its metrics every epoch it ran
+            assert child.data.params["model.freeze_depth"] == json.dumps(row["freeze_depth"])
+            steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")}
+            assert steps == set(range(1, row["epochs"] + 1)), (row, steps)
 
 
 # --------------------------------------------------------------------------- the driver dies mid-sweep

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import models, preflight, storage
+from imgrec import models, preflight, storage, tracking
 from imgrec.config import ConfigError, SweepConfig, from_dict, replace, to_dict
 from imgrec.data import load_dataset
 from imgrec.layout import SweepLayout
@@ -68,7 +68,8 @@ def _run_trial(config: dict[str, Any], dataset=None, sweep: dict[str, Any] | Non
     # Train V2 restores a run with the same name and storage from its latest
     # checkpoint by itself, so a resumed trial continues where it stopped
     # (allow_existing: a resumed trial's run folder already exists on purpose).
-    train(trial, dataset=dataset, run_config_overrides={"callbacks": [TuneReportCallback()]},
+    # (tracking=None: the sweep driver tracks every trial, imgrec.tracking.)
+    train(replace(trial, tracking=None), dataset=dataset, run_config_overrides={"callbacks": [TuneReportCallback()]},
           allow_existing=True, concurrent_trials=concurrent)
 
 
@@ -108,12 +109,13 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
                              concurrent=concurrent_trials(cfg)),
         TRIAL_DRIVER_RESOURCES,
     )
-    grid = _tuner(cfg, trainable).fit()  # a trial error is recorded in the grid, not raised
-
-    rows = results_table(grid, cfg)
-    print(format_table(rows), flush=True)
-    best = _best(rows, cfg, data)
-    files = write_results(uri, rows, best)
+    with tracking.track_sweep(cfg, uri) as tracked:  # a parent run, a child per trial (imgrec.tracking)
+        grid = _tuner(cfg, trainable).fit()  # a trial error is recorded in the grid, not raised
+        rows = results_table(grid, cfg)
+        print(format_table(rows), flush=True)
+        best = _best(rows, cfg, data)
+        files = write_results(uri, rows, best)
+        tracked.results(rows, best)
     if best:
         print(f"[imgrec] best trial {best['trial']}: val_accuracy {best['val_accuracy']:.4f}, "
               f"checkpoint {best['checkpoint']}", flush=True)
@@ -140,7 +142,9 @@ def _prepare(cfg: SweepConfig, check_data: bool = False) -> SweepConfig:
                               "name")
         stored = from_dict(SweepConfig, json.loads(storage.read_text(saved)))
         # The saved config wins (same search space, same trials); only the location may have moved.
-        stored = replace(stored, storage=cfg.storage, name=cfg.name, resume=True)
+        # Tracking is not part of the experiment: the resuming call's own --tracking applies.
+        stored = replace(stored, storage=cfg.storage, name=cfg.name, resume=True,
+                         **{"base.tracking": cfg.base.tracking})
         preflight.check_sweep(stored, data=check_data)
         return stored
     if cfg.resume:
