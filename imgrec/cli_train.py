@@ -12,7 +12,7 @@ import typer
 from imgrec.augment import preset_names
 from imgrec.cli_common import clear_errors
 from imgrec.cli_options import Option, build, command, parse_freeze, parse_size
-from imgrec.config import LR_SCHEDULES, OPTIMIZERS, RESIZE_MODES, AugmentConfig, TrainConfig
+from imgrec.config import LR_SCHEDULES, OPTIMIZERS, RESIZE_MODES, SCRATCH_RECIPE, AugmentConfig, TrainConfig
 from imgrec.models import HEADS
 from imgrec.train import train
 
@@ -44,6 +44,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("optimizer", ("optimizer",), "Optimizer.", choices=OPTIMIZERS),
     Option("lr", ("learning_rate",), "Learning rate."),
     Option("lr_schedule", ("lr_schedule",), "Learning-rate schedule.", choices=LR_SCHEDULES),
+    Option("warmup_epochs", ("warmup_epochs",), "Cosine schedule: epochs of linear warmup from 0 first."),
+    Option("weight_decay", ("weight_decay",), "Decoupled weight decay on kernels (not BatchNorm or biases)."),
+    Option("label_smoothing", ("label_smoothing",), "Label smoothing of the training loss."),
     Option("early_stopping", ("early_stopping_patience",), "Stop after N epochs without val_accuracy gain."),
     Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first."),
     Option("fine_tune_lr_factor", ("fine_tune_lr_factor",), "Two-stage: stage-two lr = lr x factor."),
@@ -62,6 +65,11 @@ OPTION = {opt.name: opt for opt in TRAIN_OPTIONS}
 
 # transfer (and tune, which sweeps a transfer job) start from MobileNet at 128x128 with ImageNet weights
 TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth": "all", "image_size": "128"}
+
+
+# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_small with its recipe
+SCRATCH_DEFAULTS = {next(o.name for o in TRAIN_OPTIONS if o.paths == (path,)): value
+                    for path, value in SCRATCH_RECIPE.items()}
 
 
 def train_options(**defaults: Any) -> tuple[Option, ...]:
@@ -86,8 +94,9 @@ def _train_command(options: tuple[Option, ...], doc: str):
 
 
 train_command = _train_command(
-    TRAIN_OPTIONS,
-    "Train a model from scratch on Ray Train (course models: seed_cifar, seed_catsdogs; default small_cnn).",
+    train_options(**SCRATCH_DEFAULTS),
+    "Train a model from scratch on Ray Train (default resnet_small with AdamW, warmup + cosine, label smoothing; "
+    "course models: seed_cifar, seed_catsdogs; small_cnn).",
 )
 transfer_command = _train_command(
     train_options(**TRANSFER_DEFAULTS),
