@@ -34,6 +34,7 @@ MODES = {"rescale_0_1": "small_cnn", "tf": "mobilenet", "torch": "densenet121", 
 # Every model family: (registry name, ModelConfig extras, classes). seed_cifar takes the 2-class sigmoid output.
 FAMILIES = [
     ("small_cnn", {}, 3),
+    ("resnet_small", {}, 3),
     ("seed_cifar", {}, 2),
     ("mobilenet", {"alpha": 0.25}, 3),  # tf
     ("vgg16", {}, 3),  # caffe
