@@ -16,8 +16,8 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import CIFAR_DEV, needs_photos  # noqa: E402
 
-from imgrec import models, synth  # noqa: E402
 from imgrec import loop as imgrec_loop  # noqa: E402
+from imgrec import models, synth  # noqa: E402
 from imgrec.config import SCRATCH_RECIPE, DataConfig, ModelConfig, TrainConfig, replace  # noqa: E402
 from imgrec.train import default_image_size  # noqa: E402
 

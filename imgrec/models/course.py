@@ -69,8 +69,8 @@ def small_cnn(x, cfg: ModelConfig):
 # resnet_small's stage widths: each stage is a conv + 2x2 max pool, then one residual
 # block of two convolutions (the ResNet-9 / airbench layout). Sized on cifar10-dev for
 # a 2-core CPU budget: ~the multiply-adds of small_cnn at 32x32 (benchmarks/README.md).
-RESNET_SMALL_WIDTHS = (32, 64, 128)
-RESNET_SMALL_STEM = 24
+RESNET_SMALL_WIDTHS = (48, 96, 192)
+RESNET_SMALL_STEM = 32
 
 
 def _residual(x, filters: int, name: str):
