@@ -195,7 +195,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Which network to build. ``name`` is a key of the model registry
-    (``imgrec models list``): a course model, ``small_cnn``, or a backbone."""
+    (``imgrec models list``): a course model, ``small_cnn``, ``resnet_small`` (the ``train`` command's
+    default, ``SCRATCH_RECIPE``) or a backbone."""
 
     name: str = "small_cnn"
     weights: str = "none"  # none | imagenet | path or s3:// URI to .h5/.weights.h5/.keras
