@@ -102,10 +102,10 @@ def summarise(results: list[dict]) -> list[dict]:
             values = [r[key] for r in runs]
             return sum(values) / len(values), (max(values) - min(values)) / 2
 
-        ends = [r.get("load_end", r["load"]) for r in done]
+        ends = [r["load_end"] for r in done if "load_end" in r]  # not recorded by the first runs
         lines.append({"row": row, "seeds": len(done), **{k: stat(k) for k in
                       ("test_accuracy", "val_accuracy", "cpu_min", "wall_s", "load")}, "epochs": done[0]["epochs"],
-                      "load_end": sum(ends) / len(ends)})
+                      "load_end": sum(ends) / len(ends) if len(ends) == len(done) else None})
     return lines
 
 
@@ -116,9 +116,10 @@ def table(results: list[dict]) -> str:
         if "error" in line:
             out.append(f"| {line['row']} | {line['error']} | | | | | | |")
             continue
+        end = "?" if line["load_end"] is None else f"{line['load_end']:.0f}"
         out.append(f"| {line['row']} | {_pm(line, 'test_accuracy', 3)} | {_pm(line, 'val_accuracy', 3)} | "
                    f"{line['epochs']} | {_pm(line, 'cpu_min', 1)} | {_pm(line, 'wall_s', 0)} | {line['seeds']} | "
-                   f"{line['load'][0]:.0f}-{line['load_end']:.0f} |")
+                   f"{line['load'][0]:.0f}-{end} |")
     return "\n".join(out)
 
 
