@@ -16,6 +16,7 @@ from imgrec.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
     RESIZE_MODES,
+    SCRATCH_RECIPE,
     AugmentConfig,
     TrainConfig,
     parse_head_epochs,
@@ -51,6 +52,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("optimizer", ("optimizer",), "Optimizer.", choices=OPTIMIZERS),
     Option("lr", ("learning_rate",), "Learning rate."),
     Option("lr_schedule", ("lr_schedule",), "Learning-rate schedule.", choices=LR_SCHEDULES),
+    Option("warmup_epochs", ("warmup_epochs",), "Cosine schedule: epochs of linear warmup from 0 first."),
+    Option("weight_decay", ("weight_decay",), "Decoupled weight decay on kernels (not BatchNorm or biases)."),
+    Option("label_smoothing", ("label_smoothing",), "Label smoothing of the training loss."),
     Option("early_stopping", ("early_stopping_patience",), "Stop after N epochs without val_accuracy gain."),
     Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first; auto: a third of "
            "the epochs with pretrained weights and a freeze depth that fine-tunes blocks.", kind=str,
@@ -76,6 +80,11 @@ TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth"
                      "image_size": "128"}
 
 
+# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_small with its recipe
+SCRATCH_DEFAULTS = {next(o.name for o in TRAIN_OPTIONS if o.paths == (path,)): value
+                    for path, value in SCRATCH_RECIPE.items()}
+
+
 def train_options(**defaults: Any) -> tuple[Option, ...]:
     """``TRAIN_OPTIONS`` with some defaults changed."""
     unknown = set(defaults) - set(OPTION)
@@ -98,8 +107,9 @@ def _train_command(options: tuple[Option, ...], doc: str):
 
 
 train_command = _train_command(
-    TRAIN_OPTIONS,
-    "Train a model from scratch on Ray Train (course models: seed_cifar, seed_catsdogs; default small_cnn).",
+    train_options(**SCRATCH_DEFAULTS),
+    "Train a model from scratch on Ray Train (default resnet_small with AdamW, warmup + cosine, label smoothing; "
+    "course models: seed_cifar, seed_catsdogs; small_cnn).",
 )
 transfer_command = _train_command(
     train_options(**TRANSFER_DEFAULTS),

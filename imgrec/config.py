@@ -195,7 +195,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Which network to build. ``name`` is a key of the model registry
-    (``imgrec models list``): a course model, ``small_cnn``, or a backbone."""
+    (``imgrec models list``): a course model, ``small_cnn``, ``resnet_small`` (the ``train`` command's
+    default, ``SCRATCH_RECIPE``) or a backbone."""
 
     name: str = "small_cnn"
     weights: str = "none"  # none | imagenet | path or s3:// URI to .h5/.weights.h5/.keras
@@ -222,9 +223,13 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     batch_size: int = 32  # GLOBAL batch: each of W workers takes batch_size // W per step
     epochs: int = 10
-    optimizer: str = "adam"  # adam | sgd | rmsprop
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9) | rmsprop
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine | exponential
+    warmup_epochs: int = 0  # cosine only (ignored otherwise): linear from 0 to learning_rate first (Keras' CosineDecay)
+    # Decoupled weight decay (the optimizer's own), on kernels only: never BatchNorm or biases.
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0  # training loss only; validation and test losses stay plain
     early_stopping_patience: int | None = None  # epochs without val_accuracy gain
     # two-stage transfer: epochs with the backbone frozen first; "auto": a third of the
     # epochs when pretrained weights meet a freeze depth that leaves blocks to fine-tune
@@ -290,6 +295,11 @@ class TrainConfig:
                            ("cpus_per_worker", "")):
             if not 0 < float(getattr(self, name)) < math.inf:
                 raise ConfigError(f"{name} must be > 0{hint}, got {getattr(self, name)!r}", name)
+        if not 0 <= float(self.weight_decay) < 1:
+            raise ConfigError(f"weight_decay must be in [0, 1), e.g. 0.05, got {self.weight_decay!r}", "weight_decay")
+        if not 0 <= float(self.label_smoothing) < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), e.g. 0.1, got {self.label_smoothing!r}",
+                              "label_smoothing")
         if not 0 <= float(self.gpus_per_worker) < math.inf:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}", "gpus_per_worker")
         if not str(self.storage).strip():
@@ -303,6 +313,7 @@ _TRAIN_COUNTS = (
     ("checkpoint_every", 1, " (epochs)"),
     ("keep_checkpoints", 1, " (the best K are kept, and the latest)"),
     ("head_epochs", 0, ""),
+    ("warmup_epochs", 0, ""),
     ("early_stopping_patience", 0, " (0 or unset: no early stopping)"),
     ("max_failures", -1, " (-1: restart without limit)"),
 )
@@ -371,7 +382,17 @@ def resolve_class_weights(value: str | dict[str, float], class_names: list[str],
     return weights
 
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+# What `imgrec train` (from scratch) starts from: a small residual CNN and a recipe to match
+# (AdamW, 1 warmup epoch then cosine decay, decoupled weight decay on kernels, label
+# smoothing), chosen on cifar10-dev (benchmarks/quality.py, benchmarks/README.md). The
+# library's own defaults (TrainConfig(), ModelConfig()) stay small_cnn with Adam: this
+# is the command's default only. Keys are TrainConfig fields (dotted for nested ones).
+SCRATCH_RECIPE: dict[str, Any] = {
+    "model.name": "resnet_small", "optimizer": "adamw", "learning_rate": 2e-3, "lr_schedule": "cosine",
+    "warmup_epochs": 1, "weight_decay": 0.05, "label_smoothing": 0.1, "batch_size": 64,
+}
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 

@@ -155,6 +155,7 @@ def _restore(loop: WorkerLoop, local_dir: str, source: str) -> None:
     loop.say(f"restored epoch {loop.start_epoch} from {source} checkpoint; optimizer step",
              int(loop.model.optimizer.iterations.numpy()))
     stretch_cosine_schedule(loop.model.optimizer, total_steps(loop.cfg, loop.steps_per_epoch), loop.say)
+    decay_kernels_only(loop.model.optimizer)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
@@ -162,20 +163,51 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
 
     lr: Any = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps(cfg, steps_per_epoch))
+        lr = cosine_schedule(cfg.learning_rate, total_steps(cfg, steps_per_epoch),
+                             warmup_steps(cfg, steps_per_epoch))
     elif cfg.lr_schedule == "exponential":
         lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=max(1, steps_per_epoch),
                                                          decay_rate=0.9)
     elif cfg.lr_schedule != "constant":
         raise ValueError(f"lr_schedule must be constant, cosine or exponential, got {cfg.lr_schedule!r}")
+    decay = {"weight_decay": float(cfg.weight_decay)} if cfg.weight_decay else {}
     optimizers = {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+        "adam": lambda: keras.optimizers.Adam(lr, **decay),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=float(cfg.weight_decay)),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, **decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, **decay),
     }
     if cfg.optimizer not in optimizers:
         raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {cfg.optimizer!r}")
-    return optimizers[cfg.optimizer]()
+    return decay_kernels_only(optimizers[cfg.optimizer]())
+
+
+# Variables weight decay leaves alone: BatchNorm's scale and shift, and biases (Keras
+# names them so). Decaying them only fights the normalisation (the usual recipe).
+NO_DECAY_NAMES = r"(^|/)(gamma|beta|bias)(:\d+)?$"  # "bias", or a tf.Variable's "conv/bias:0"
+
+
+def decay_kernels_only(optimizer):
+    """Restrict the optimizer's weight decay to kernels. The exclusion is not part of
+    Keras' saved optimizer config, so a restored optimizer gets it again here (set
+    directly: ``exclude_from_weight_decay`` refuses a built optimizer)."""
+    import re
+
+    optimizer._exclude_from_weight_decay = set()
+    optimizer._exclude_from_weight_decay_pattern = re.compile(NO_DECAY_NAMES)
+    optimizer._exclude_from_weight_decay_cache = {}
+    return optimizer
+
+
+def cosine_schedule(peak_lr: float, steps: int, warmup: int):
+    """Keras' CosineDecay over ``steps`` in all: ``warmup`` steps linear from 0 to ``peak_lr``
+    first, then the cosine over the rest."""
+    import keras
+
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(peak_lr, decay_steps=steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - warmup), warmup_target=peak_lr,
+                                                  warmup_steps=warmup)
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -183,19 +215,28 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return max(1, steps_per_epoch * cfg.epochs)
 
 
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The warmup's length in steps, at most half the run."""
+    return min(steps_per_epoch * cfg.warmup_epochs, total_steps(cfg, steps_per_epoch) // 2)
+
+
 def stretch_cosine_schedule(optimizer, steps: int, say) -> None:
     """``--resume --epochs N`` makes the run N epochs long. A cosine schedule saved
     with the old length would sit at zero for every added epoch (the optimizer step
-    continues past its ``decay_steps``), so it is rebuilt over the new length; the
-    step counter and moment estimates are kept. No optimizer or another schedule: no-op."""
+    continues past its ``decay_steps``), so it is rebuilt over the new length (its
+    warmup kept); the step counter and moment estimates are kept. No optimizer or
+    another schedule: no-op."""
     import keras
 
     schedule = getattr(optimizer, "_learning_rate", None)
-    if not isinstance(schedule, keras.optimizers.schedules.CosineDecay) or schedule.decay_steps == steps:
+    if not isinstance(schedule, keras.optimizers.schedules.CosineDecay):
         return
-    config = {**schedule.get_config(), "decay_steps": steps}
+    decay_steps = max(1, steps - int(schedule.warmup_steps or 0))
+    if schedule.decay_steps == decay_steps:
+        return
+    config = {**schedule.get_config(), "decay_steps": decay_steps}
     optimizer.learning_rate = keras.optimizers.schedules.CosineDecay.from_config(config)
-    say(f"cosine schedule stretched from {schedule.decay_steps} to {steps} steps for the new epoch count")
+    say(f"cosine schedule stretched from {schedule.decay_steps} to {decay_steps} steps for the new epoch count")
 
 
 # =========================================================================== stages and step functions
@@ -220,13 +261,14 @@ def step_functions(loop: WorkerLoop):
 
     model, strategy = loop.model, loop.strategy
     loss_fn, correct_count = per_example_loss(len(loop.class_names)), correct_counter(len(loop.class_names))
+    train_loss_fn = per_example_loss(len(loop.class_names), loop.cfg.label_smoothing)
     weigh = class_weighting(loop.class_weights)
     variables = model.trainable_variables  # traced again per stage: the trainable set differs
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            per_example = weigh(y, loss_fn(y, probs))
+            per_example = weigh(y, train_loss_fn(y, probs))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=loop.global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -290,17 +332,28 @@ def split_allreduce(metrics: dict[str, Any], per_step_s: float, steps: int) -> N
     metrics.update(allreduce_s_per_step=per_step_s, allreduce_s=share, compute_s=metrics["compute_s"] - share)
 
 
-def per_example_loss(num_classes: int):
+def per_example_loss(num_classes: int, label_smoothing: float = 0.0):
+    """``(y, probs) -> per-example cross-entropy`` for integer labels; ``label_smoothing``
+    mixes the one-hot target with the uniform one (Keras' own ``label_smoothing``)."""
     import keras
     import tensorflow as tf
+
+    smooth = float(label_smoothing)
+
+    def categorical(y, probs):
+        if not smooth:
+            return keras.losses.sparse_categorical_crossentropy(y, probs)
+        target = tf.one_hot(y, probs.shape[-1], dtype=probs.dtype)
+        return keras.losses.categorical_crossentropy(target, probs, label_smoothing=smooth)
 
     if num_classes == 2:
         def binary(y, probs):
             if probs.shape[-1] == 1:
-                return keras.losses.binary_crossentropy(tf.cast(y[:, None], probs.dtype), probs)
-            return keras.losses.sparse_categorical_crossentropy(y, probs)
+                return keras.losses.binary_crossentropy(tf.cast(y[:, None], probs.dtype), probs,
+                                                        label_smoothing=smooth)
+            return categorical(y, probs)
         return binary
-    return lambda y, probs: keras.losses.sparse_categorical_crossentropy(y, probs)
+    return categorical
 
 
 def class_weighting(class_weights: list[float] | None):

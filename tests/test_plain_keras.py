@@ -24,16 +24,18 @@ keras = pytest.importorskip("keras")
 from imgrec import checkpoint as ckpt  # noqa: E402
 from imgrec import loop as imgrec_loop  # noqa: E402
 from imgrec import models, synth  # noqa: E402
-from imgrec.config import ModelConfig, TrainConfig  # noqa: E402
+from imgrec.config import SCRATCH_RECIPE, ModelConfig, TrainConfig, replace  # noqa: E402
 from imgrec.models.layers import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, ReverseChannels  # noqa: E402
 
 SIZE = (32, 32)
 # One registry entry per preprocessing mode.
 MODES = {"rescale_0_1": "small_cnn", "tf": "mobilenet", "torch": "densenet121", "caffe": "vgg16",
          "none": "efficientnet_b0"}
-# Every model family: (registry name, ModelConfig extras, classes). seed_cifar takes the 2-class sigmoid output.
+# Every model family: (registry name, ModelConfig extras, classes). seed_cifar takes the 2-class sigmoid output;
+# resnet_small is compiled with the train command's recipe (config.SCRATCH_RECIPE).
 FAMILIES = [
     ("small_cnn", {}, 3),
+    ("resnet_small", {}, 3),
     ("seed_cifar", {}, 2),
     ("mobilenet", {"alpha": 0.25}, 3),  # tf
     ("vgg16", {}, 3),  # caffe
@@ -192,6 +194,8 @@ def _write_family_checkpoint(name: str, extra: dict, classes: int, directory: st
     make_optimizer, optimizer built), written by imgrec's writer; the images, labels,
     in-process probabilities and the loop's own loss and accuracy saved alongside."""
     cfg = TrainConfig(model=ModelConfig(name=name, **extra))
+    if name == "resnet_small":  # with train's recipe: AdamW, CosineDecay with warmup, weight decay
+        cfg = replace(cfg, **{k: v for k, v in SCRATCH_RECIPE.items() if k != "model.name"})
     model = models.build_model(cfg.model, classes, SIZE)
     models.compile_model(model, imgrec_loop.make_optimizer(cfg, steps_per_epoch=10), classes)
     model.optimizer.build(model.trainable_variables)

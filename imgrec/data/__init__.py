@@ -14,6 +14,7 @@ Flow::
     shard_batches / to_tf_dataset   -> per-worker (uint8 images, int labels) batches
 
     inspect(uri)                    -> InspectReport: counts per class and split, image sizes, bad files
+    typical_image_size(uri)         -> median (h, w) of a header sample: train's default size for small images
     export_arrays / export_cifar10  -> in-memory arrays written as a PNG class-per-folder tree
 
 Class names come from the folder names (a manifest's labels), sorted, and travel with every
@@ -30,7 +31,7 @@ from __future__ import annotations
 from imgrec.data.datasets import ImageDataset, augmented, load_cifar10, load_dataset
 from imgrec.data.export import export_arrays, export_cifar10
 from imgrec.data.feed import shard_batches, take_arrays, to_tf_dataset
-from imgrec.data.inspection import InspectReport, SizeSummary, inspect
+from imgrec.data.inspection import InspectReport, SizeSummary, inspect, typical_image_size
 from imgrec.data.manifest import is_manifest, list_images, list_manifest
 from imgrec.data.read import DecodeImages, MemoryGate, ReadError, fetch_bytes, memory_gate
 from imgrec.data.tree import (
@@ -46,5 +47,5 @@ __all__ = [
     "ARRAY_SCHEME", "CIFAR10_CLASSES", "DataError", "DecodeImages", "ImageDataset", "ImageTree", "InspectReport",
     "MemoryGate", "ReadError", "SizeSummary", "augmented", "export_arrays", "export_cifar10", "fetch_bytes",
     "inspect", "is_manifest", "list_image_tree", "list_images", "list_manifest", "load_cifar10", "load_dataset", "memory_gate", "shard_batches", "split_records",
-    "take_arrays", "to_tf_dataset",
+    "take_arrays", "to_tf_dataset", "typical_image_size",
 ]

@@ -165,6 +165,21 @@ def inspect(
     )
 
 
+SIZE_SAMPLE = 64  # headers read to find a tree's typical image size for training
+
+
+def typical_image_size(uri: str, sample: int = SIZE_SAMPLE) -> tuple[int, int] | None:
+    """The median (height, width) of a stable sample of the training images' headers
+    (as displayed, after EXIF orientation), or None when no header reads. Headers
+    only: a few KB per file, on threads."""
+    records = list_images(uri).train
+    paths = [r["path"] for r in sorted(records, key=lambda r: split_hash(r["path"], 0))[:sample]]
+    summary = _size_summary(paths, len(records), io_threads=16)
+    if summary is None or summary.sampled == summary.unreadable:
+        return None
+    return int(summary.height[1]), int(summary.width[1])
+
+
 def _header(uri: str) -> tuple[int, int, str, str] | None:
     """``decode.image_info`` from the first bytes of the file; None if unreadable."""
 

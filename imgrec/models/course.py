@@ -1,4 +1,5 @@
-"""The course's networks and a stronger small CNN for training from scratch.
+"""The course's networks and the small CNNs for training from scratch (``small_cnn``,
+``resnet_small``, the ``imgrec train`` default).
 
 Each body is ``(x, cfg) -> features``: the layers between the in-model pixel
 scaling and the output layer (``imgrec.models.build`` adds both). Keras is
@@ -65,10 +66,45 @@ def small_cnn(x, cfg: ModelConfig):
     return L.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
+# resnet_small's stage widths: each stage is a conv + 2x2 max pool, then one residual
+# block of two convolutions (the ResNet-9 / airbench layout). Sized on cifar10-dev for
+# a 2-core CPU budget: ~70M multiply-adds per 32x32 image, ~0.6x small_cnn's at its 64x64
+# (the old default); (32, 64, 128) scored 0.553 against 0.577 (one seed; benchmarks/README.md).
+RESNET_SMALL_WIDTHS = (48, 96, 192)
+RESNET_SMALL_STEM = 32
+
+
+def _residual(x, filters: int, name: str):
+    """``x + conv-bn-relu(conv-bn-relu(x))``: built-in layers only (Add)."""
+    from keras import layers as L
+
+    y = _conv_bn_relu(x, filters, f"{name}_a")
+    y = _conv_bn_relu(y, filters, f"{name}_b")
+    return L.Add(name=f"{name}_add")([x, y])
+
+
+def resnet_small(x, cfg: ModelConfig):
+    """A small residual CNN (ResNet-9 layout): stem, three stages of conv + pool +
+    residual block, global average pooling; dropout comes from the lean head.
+    Stride-2 stem at 96 px and above, so large inputs cost what half their size does."""
+    from keras import layers as L
+
+    stem_stride = 2 if min(x.shape[1], x.shape[2]) >= 96 else 1
+    x = _conv_bn_relu(x, RESNET_SMALL_STEM, "stem", strides=stem_stride)
+    for i, width in enumerate(RESNET_SMALL_WIDTHS, start=1):
+        x = _conv_bn_relu(x, width, f"stage{i}")
+        x = L.MaxPooling2D(2, name=f"stage{i}_pool")(x)
+        x = _residual(x, width, f"stage{i}_res")
+    return L.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
 register(ModelSpec("seed_cifar", "course", (32, 32), 8, "rescale_0_1",
                    "the course's CIFAR-10 CNN (Conv64-Pool-Conv32-Dense80)", builder=seed_cifar))
 register(ModelSpec("seed_catsdogs", "course", (128, 128), 10, "rescale_0_1",
                    "the course's cats-vs-dogs CNN (Conv32-Pool-Conv64-Pool-Dense512)", builder=seed_catsdogs))
 register(ModelSpec("small_cnn", "scratch", (64, 64), 16, "rescale_0_1",
-                   "VGG-style CNN with batch norm + global average pooling, ~140k params (the default)",
+                   "VGG-style CNN with batch norm + global average pooling, ~140k params (the library default)",
                    builder=small_cnn))
+register(ModelSpec("resnet_small", "scratch", (64, 64), 16, "rescale_0_1",
+                   "small residual CNN (ResNet-9 layout, BN, global pooling, dropout), ~1.1M params "
+                   "(the train command's default)", builder=resnet_small))
