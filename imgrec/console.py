@@ -58,41 +58,16 @@ NOISE = (
     r"PYTHON worker processes have been started on node: .* maximum expected startup concurrency",
     r"Progress bars disabled\. To enable, set `ray\.data\.DataContext",
     r"RayDeprecationWarning: `ExecutionOptions\.exclude_resources` is deprecated",
-    r"^\S*\s*self\.exclude_resources = exclude_resources\s*$",  # the source line that warning quotes
+    r"\bself\.exclude_resources = exclude_resources\s*$",  # the source line that warning quotes
 )
 CUDA_PROBE = r"failed call to cuInit: .*"
 
 _filter: subprocess.Popen | None = None
 
-# The filter process: lines in on stdin, the ones not matching argv[1] out on
-# stdout (the original stderr). A partial line (a prompt, a progress bar's "\r"
-# update) goes out after 0.2 s without more input. Never dies on a write error:
-# its death would break every later write to the filtered descriptor.
-_FILTER_PROGRAM = r"""
-import os, re, select, sys
-drop = re.compile(sys.argv[1].encode(), re.M)
-def out(data):
-    try:
-        os.write(1, data)
-    except OSError:
-        pass
-buf = b""
-while True:
-    if buf and not select.select([0], [], [], 0.2)[0]:
-        out(buf)
-        buf = b""
-        continue
-    chunk = os.read(0, 65536)
-    if not chunk:
-        break
-    lines = (buf + chunk).splitlines(keepends=True)
-    buf = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
-    kept = b"".join(line for line in lines if not drop.search(line))
-    if kept:
-        out(kept)
-if buf and not drop.search(buf):
-    out(buf)
-"""
+# The filter process's program (run with -S -E: no site, no imgrec, a few MB) and
+# the variable that hands it the pattern (a command line would show it in ps).
+FILTER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stderr_filter.py")
+PATTERN_ENV = "IMGREC_NOISE_PATTERN"
 
 
 def verbose() -> bool:
@@ -137,8 +112,9 @@ def filter_stderr(worker: bool = False) -> bool:
     try:
         # Its own session: a Ctrl-C to the terminal's process group must not kill
         # it before the traceback it would carry.
-        _filter = subprocess.Popen([sys.executable, "-S", "-E", "-c", _FILTER_PROGRAM, noise_pattern()],
-                                   stdin=read_end, stdout=original, stderr=original, start_new_session=True)
+        _filter = subprocess.Popen([sys.executable, "-S", "-E", FILTER_SCRIPT], stdin=read_end, stdout=original,
+                                   stderr=original, start_new_session=True,
+                                   env={**os.environ, PATTERN_ENV: noise_pattern()})
         os.dup2(write_end, 2)
     except OSError:
         _filter = None

@@ -39,6 +39,9 @@ NOISE_LINES = [
     "[2026-12-06 21:05:30,971 E 5965 5965] core_worker.cc:2465: Actor with class name: 'MapWorker(Predictor)' "
     "and ID: '60c4' has constructor arguments in the object store and max_restarts > 0.",
     "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+    "\x1b[36m(DatasetManager pid=8574)\x1b[0m /x/ray/data/_internal/execution/interfaces/execution_options.py:436: "
+    "RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated and will be removed after Jan",
+    "\x1b[36m(DatasetManager pid=8574)\x1b[0m   self.exclude_resources = exclude_resources",
     "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: 9ca1 with address: "
     "192.0.2.2, which is 4x the maximum expected startup concurrency (2).",
 ]
