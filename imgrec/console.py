@@ -172,8 +172,11 @@ def worker_setup() -> None:
     """Ray's ``worker_process_setup_hook``: runs in each worker process before its
     first task, before TensorFlow loads; then a job's own hook, if it had one."""
     if not verbose():
-        quiet_process(worker=True)
-        _quiet_cleaner_thread()
+        try:
+            quiet_process(worker=True)
+            _quiet_cleaner_thread()
+        except Exception as exc:  # a noisy worker, never a broken one
+            print(f"imgrec: quiet console not set up in this worker: {exc!r}", file=sys.stderr)
     chained = os.environ.get(CHAINED_HOOK_ENV)
     if chained:
         module, _, name = chained.rpartition(".")
