@@ -55,7 +55,6 @@ NOISE = (
     r"Reporting training result \d+: TrainingReport\(",
     r"Failed to query Ray Train Controller actor state",
     r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store",
-    r"PYTHON worker processes have been started on node: .* maximum expected startup concurrency",
     r"Progress bars disabled\. To enable, set `ray\.data\.DataContext",
     r"RayDeprecationWarning: `ExecutionOptions\.exclude_resources` is deprecated",
     r"\bself\.exclude_resources = exclude_resources\s*$",  # the source line that warning quotes

@@ -42,8 +42,6 @@ NOISE_LINES = [
     "\x1b[36m(DatasetManager pid=8574)\x1b[0m /x/ray/data/_internal/execution/interfaces/execution_options.py:436: "
     "RayDeprecationWarning: `ExecutionOptions.exclude_resources` is deprecated and will be removed after Jan",
     "\x1b[36m(DatasetManager pid=8574)\x1b[0m   self.exclude_resources = exclude_resources",
-    "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started on node: 9ca1 with address: "
-    "192.0.2.2, which is 4x the maximum expected startup concurrency (2).",
 ]
 CUINIT = ("E0000 00:00:1796591045.385271    9591 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
           "Failed call to cuInit: UNKNOWN ERROR (303)")
