@@ -133,8 +133,8 @@ class TerminateOnNonFinite(Hook):
 
 class ProgressHook(Hook):
     """Rank 0's progress, sent to the driver, which draws it (``imgrec.progress``):
-    a step event at most every ``STEP_EVERY_S`` (loss and accuracy so far, img/s)
-    and the epoch's metrics. Without a board (a loop run outside ``train``) rank 0
+    a step event at most every ``STEP_EVERY_S`` (loss and accuracy so far, img/s),
+    the epoch's metrics, and at the end one event it waits for. Without a board (a loop run outside ``train``) rank 0
     prints the epoch line itself."""
 
     name = "progress"
@@ -159,6 +159,10 @@ class ProgressHook(Hook):
                  "metrics": {k: metrics[k] for k in progress.EPOCH_METRICS}}
         if not loop.tell(event):
             worker_echo(progress.epoch_line(event))
+
+    def on_train_end(self, loop):
+        if loop.rank == 0:  # the last epoch's line is on the board before fit() returns in the driver
+            loop.tell({"kind": "end"}, wait=True)
 
 
 class TensorBoardHook(Hook):

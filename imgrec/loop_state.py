@@ -68,9 +68,15 @@ class WorkerLoop:
             if not self.tell({"kind": "say", "text": text}):
                 worker_echo(f"[imgrec] {text}")
 
-    def tell(self, event: dict[str, Any]) -> bool:
-        """An event for the driver's progress board, not waited on; False without a board."""
+    def tell(self, event: dict[str, Any], wait: bool = False) -> bool:
+        """An event for the driver's progress board, not waited on unless ``wait`` (then
+        every earlier event of this worker is on the board too: one caller's actor calls
+        run in order); False without a board."""
         if self.progress is None:
             return False
-        self.progress.put.remote(event)
+        sent = self.progress.put.remote(event)
+        if wait:
+            import ray
+
+            ray.get(sent, timeout=30)
         return True

@@ -6,7 +6,8 @@ Ray actor, the ``Board``; the driver polls it and draws. A bar drawn inside a
 worker would reach the driver as a line per refresh, through Ray's log monitor.
 Events are plain dicts: ``{"kind": "step", "epoch", "epochs", "step", "steps",
 "loss", "accuracy", "images_per_s"}``, ``{"kind": "epoch", "epoch", "epochs",
-"metrics"}`` and ``{"kind": "say", "text"}`` (any other line of the run's).
+"metrics"}``, ``{"kind": "say", "text"}`` (any other line of the run's) and
+``{"kind": "end"}``, which rank 0 waits for, so the driver's last poll has them all.
 
 Batch prediction: ``FileBar`` counts files done out of the total, with errors and
 the rate, in the driver that collects the rows.

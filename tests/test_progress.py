@@ -114,7 +114,8 @@ def test_the_board_carries_rank_0s_events_to_the_driver(ray_cluster):
     @ray.remote(num_cpus=0)
     def rank0(board, events):
         for event in events:
-            board.put.remote(event)
+            board.put.remote(event)  # not waited on, as rank 0 sends them
+        ray.get(board.put.remote({"kind": "end"}))  # as ProgressHook.on_train_end: all of them are there
         return len(events)
 
     with TrainingProgress(TrainingView(out, live=False)) as progress:
@@ -123,14 +124,15 @@ def test_the_board_carries_rank_0s_events_to_the_driver(ray_cluster):
         "[imgrec] epoch 1: freeze_depth=0, trainable weights=8", epoch_line(events[6]), epoch_line(events[-1])]
 
 
-def test_rank_0s_progress_hook_feeds_the_board(ray_cluster, tmp_path):
+def test_rank_0s_progress_hook_feeds_the_board(ray_cluster, tmp_path, monkeypatch):
     """``ProgressHook`` on rank 0 sends step events (throttled) and the epoch's
     metrics to the board; rank 1 sends nothing; the driver draws the epoch line."""
-    from imgrec import hooks
+    from imgrec import hooks, progress
     from imgrec.config import TrainConfig
     from imgrec.layout import RunLayout
     from imgrec.loop_state import WorkerLoop
 
+    monkeypatch.setattr(progress, "STEP_EVERY_S", 0.0)  # every step is sent
     board = TrainingProgress().board  # the board alone; this test drains it
     for rank in (1, 0):
         loop = WorkerLoop(cfg=TrainConfig(epochs=3), run=RunLayout(str(tmp_path / "r")), rank=rank, world=2,
@@ -139,11 +141,12 @@ def test_rank_0s_progress_hook_feeds_the_board(ray_cluster, tmp_path):
         hook = hooks.ProgressHook()
         hook.on_epoch_begin(loop, 0)
         for step in range(4):
-            time.sleep(0.6)  # past the step throttle: every step is sent
             hook.on_train_batch_end(loop, step, [2.0 * (step + 1), 4.0 * (step + 1), 8.0 * (step + 1)])
         hook.on_epoch_end(loop, 0, {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.5,
                                     "images": 32, "images_per_s": 10.0, "train_time_s": 2.4})
+        hook.on_train_end(loop)
     events = ray_cluster.get(board.take.remote(), timeout=30)
+    assert [e["kind"] for e in events if e["kind"] != "step"] == ["epoch", "end"]
     steps = [e for e in events if e["kind"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
     assert all(e["loss"] == 0.25 and e["accuracy"] == 0.5 and e["steps"] == 4 and e["epoch"] == 1 for e in steps)
