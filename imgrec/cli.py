@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 
 import typer
 
 import imgrec
-from imgrec import augment, data, models, serving, storage, synth
+from imgrec import augment, console, data, models, serving, storage, synth
 from imgrec import features as feats
-from imgrec.cli_common import ImgrecGroup, clear_errors
+from imgrec.cli_common import ImgrecGroup, clear_errors, take_verbose
 from imgrec.cli_options import parse_size
 from imgrec.cli_predict import predict_command
 from imgrec.cli_train import train_command, transfer_command
@@ -46,7 +47,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print the imgrec version and exit.")) -> None:
+                                          help="Print the imgrec version and exit."),
+             verbose: bool = typer.Option(False, "--verbose", "-v", help="Every line TensorFlow and Ray print "
+                                          "(also IMGREC_LOG_LEVEL=DEBUG); accepted anywhere on the line.")) -> None:
     """Distributed image recognition on Ray and Keras 3."""
 
 
@@ -304,8 +307,14 @@ def export_command(
     typer.echo(result.summary())
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """The ``imgrec`` console script and every ``jobs/*.py``: the quiet console
+    (``imgrec.console``; ``-v`` anywhere on the line keeps everything) set up
+    before any command imports TensorFlow, then the command."""
+    args = list(sys.argv[1:] if args is None else args)
+    take_verbose(args)
+    console.quiet_process()
+    app(args, prog_name=prog_name)
 
 
 if __name__ == "__main__":  # pragma: no cover

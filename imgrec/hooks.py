@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage, timing
+from imgrec import progress, storage, timing
 from imgrec.layout import RunLayout
 from imgrec.loop_state import WorkerLoop
 from imgrec.runtime import FAULT_ENV, worker_echo
@@ -132,26 +132,37 @@ class TerminateOnNonFinite(Hook):
 
 
 class ProgressHook(Hook):
-    """Rank 0's console: four step lines and one summary line per epoch."""
+    """Rank 0's progress, sent to the driver, which draws it (``imgrec.progress``):
+    a step event at most every ``STEP_EVERY_S`` (loss and accuracy so far, img/s),
+    the epoch's metrics, and at the end one event it waits for. Without a board (a loop run outside ``train``) rank 0
+    prints the epoch line itself."""
 
     name = "progress"
 
-    def on_train_batch_end(self, loop, step, totals):
-        if loop.rank != 0 or (step + 1) % max(1, loop.steps_per_epoch // 4):
-            return
-        loss = float(totals[0]) / max(float(totals[2]), 1.0)  # a host sync, four times an epoch
-        loop.say(f"epoch {self.epoch + 1}/{loop.cfg.epochs} step {step + 1}/{loop.steps_per_epoch} "
-                 f"loss {loss:.4f}")
-
     def on_epoch_begin(self, loop, epoch):
-        self.epoch = epoch
+        self.epoch, self.started, self.sent = epoch, time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, loop, step, totals):
+        now = time.perf_counter()
+        if loop.rank != 0 or loop.progress is None or now - self.sent < progress.STEP_EVERY_S:
+            return
+        self.sent = now
+        loss_sum, correct, seen = (float(v) for v in totals)  # a host sync, at most twice a second
+        loop.tell({"kind": "step", "epoch": self.epoch + 1, "epochs": loop.cfg.epochs, "step": step + 1,
+                   "steps": loop.steps_per_epoch, "loss": loss_sum / max(seen, 1.0),
+                   "accuracy": correct / max(seen, 1.0), "images_per_s": seen / max(now - self.started, 1e-9)})  # seen: all ranks'
 
     def on_epoch_end(self, loop, epoch, metrics):
-        loop.say(
-            f"epoch {epoch + 1}/{loop.cfg.epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
-            f"({metrics['images']:.0f} images, {metrics['images_per_s']:.0f} img/s)"
-        )
+        if loop.rank != 0:
+            return
+        event = {"kind": "epoch", "epoch": epoch + 1, "epochs": loop.cfg.epochs,
+                 "metrics": {k: metrics[k] for k in progress.EPOCH_METRICS}}
+        if not loop.tell(event):
+            worker_echo(progress.epoch_line(event))
+
+    def on_train_end(self, loop):
+        if loop.rank == 0:  # the last epoch's line is on the board before fit() returns in the driver
+            loop.tell({"kind": "end"}, wait=True)
 
 
 class TensorBoardHook(Hook):

@@ -100,7 +100,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> WorkerLoop:
         class_names=loop_config["class_names"], manifest_base=loop_config["manifest_base"],
         steps_per_epoch=max(1, loop_config["train_rows"] // world // per_worker), global_batch=per_worker * world,
         val_rows=loop_config["val_rows"], class_weights=loop_config.get("class_weights"),
-        startup=startup,
+        startup=startup, progress=loop_config.get("progress"),
     )
 
 
@@ -596,14 +596,15 @@ def _train_as_val(metrics: dict[str, Any]) -> dict[str, float]:
 def loop_config(cfg: TrainConfig, *, class_names: list[str], run: RunLayout, train_rows: int, val_rows: int,
                 manifest_base: dict[str, Any], resume_checkpoint: str | None, options: LoopOptions | None,
                 hooks: list | None, driver_phases: dict[str, float],
-                class_weights: list[float] | None = None) -> dict[str, Any]:
-    """What the driver sends every worker (JSON-ready but for the extra hooks).
-    ``handed_over_at``: when the driver hands the run to Ray Train (wall clock);
-    ``class_weights``: the resolved loss weight per class, or None."""
+                class_weights: list[float] | None = None, progress=None) -> dict[str, Any]:
+    """What the driver sends every worker (JSON-ready but for the extra hooks and
+    the progress board). ``handed_over_at``: when the driver hands the run to Ray
+    Train (wall clock); ``class_weights``: the resolved loss weight per class, or
+    None; ``progress``: the driver's ``imgrec.progress`` board (an actor handle)."""
     return {
         "train": to_dict(cfg), "class_names": class_names, "class_weights": class_weights, "run_uri": run.uri,
         "train_rows": train_rows, "val_rows": val_rows, "manifest_base": manifest_base,
         "resume_checkpoint": resume_checkpoint,
         "options": to_dict(options or LoopOptions()), "hooks": list(hooks or []),
-        "driver_phases": dict(driver_phases), "handed_over_at": time.time(),
+        "driver_phases": dict(driver_phases), "handed_over_at": time.time(), "progress": progress,
     }

@@ -59,8 +59,27 @@ class WorkerLoop:
     startup: dict[str, float] = field(default_factory=dict)  # start-up phases, seconds (imgrec.timing)
     phases: dict[str, float] = field(default_factory=dict)  # this epoch's loop phases, seconds
     epoch_started: float = 0.0  # time.perf_counter() when this epoch began
+    progress: Any = None  # the driver's progress board (imgrec.progress), an actor handle; None: print here
 
     def say(self, *parts: Any) -> None:
-        """A progress line from rank 0 (every rank runs the same code)."""
+        """A line from rank 0 (every rank runs the same code), drawn by the driver."""
         if self.rank == 0:
-            worker_echo(f"[imgrec] {' '.join(str(p) for p in parts)}")
+            text = " ".join(str(p) for p in parts)
+            if not self.tell({"kind": "say", "text": text}):
+                worker_echo(f"[imgrec] {text}")
+
+    def tell(self, event: dict[str, Any], wait: bool = False) -> bool:
+        """An event for the driver's progress board, not waited on unless ``wait`` (then
+        every earlier event of this worker is on the board too: one caller's actor calls
+        run in order); False without a board."""
+        if self.progress is None:
+            return False
+        sent = self.progress.put.remote(event)
+        if wait:
+            import ray
+
+            try:
+                ray.get(sent, timeout=30)
+            except Exception:  # the driver's board gone or slow: progress never fails a run
+                pass
+        return True

@@ -1,56 +1,105 @@
-"""The process runtime every entry point shares: Ray start or connect, logging
-set-up, and the one way a Ray Train worker prints a line for the driver.
+"""The process runtime every entry point shares: Ray start or connect with the
+quiet console in every worker (``imgrec.console``), Ray Data's own progress bars
+off where imgrec draws its own, and the one way a Ray Train worker prints a line
+for the driver.
 
 Nothing here imports Keras or TensorFlow; Ray is imported only when a cluster is
 asked for. Any module (data, predict, tune, features, the CLI, the jobs) may
-import this one; it imports no other imgrec module.
+import this one; it imports only ``imgrec.console``.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import functools
+import json
 import os
 import sys
 
-# TensorFlow reads this when it loads: set before any import of it (imgrec.models
-# and the predict actors import TensorFlow through Keras).
-TF_LOG_LEVEL = "2"
+from imgrec import console
+
 # Test switches that must reach the processes imgrec starts (Train workers, Tune
 # trial drivers): a worker of a running cluster does not see the driver's later
 # environment, so ``forwarded_env`` hands these on through Ray's runtime env.
 FAULT_ENV = "IMGREC_FAULT_INJECTION"
-FORWARDED_ENV = (FAULT_ENV,)
-
-
-def quiet_tensorflow() -> None:
-    """TensorFlow's C++ INFO and WARNING lines off, unless the user set a level."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
-
-
-def configure_logging() -> None:
-    """Ray Data's per-operator progress logs would drown imgrec's own per-epoch
-    lines in a job's output: Ray Data logs warnings and errors only."""
-    import ray
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+FORWARDED_ENV = (FAULT_ENV, console.LOG_LEVEL_ENV)
+# Where a Ray job's driver finds the runtime env ``ray job submit --runtime-env`` gave the job.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect to the running cluster (``RAY_ADDRESS`` or a job's own), or start a
-    local one with more logical CPUs than cores so Ray Data and Train never starve."""
+    local one with more logical CPUs than cores so Ray Data and Train never starve.
+    Either way every worker of this job runs ``imgrec.console.worker_setup`` first
+    (``runtime_env``); an already connected Ray is left as it is."""
     import ray
 
-    configure_logging()
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # Workers of a local cluster inherit this process's environment, so the AWS
-    # credential chain and AWS_ENDPOINT_URL reach them without being copied into
-    # Ray's job config (where keys would be stored and shown).
-    ray.init(num_cpus=num_cpus or local_cluster_cpus(), include_dashboard=False)
+    console.quiet_process()
+    env, override = runtime_env(_job_runtime_env())
+    with _override_job_env(override):
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(runtime_env=env)
+            return
+        # Workers of a local cluster inherit this process's environment, so the AWS
+        # credential chain and AWS_ENDPOINT_URL reach them without being copied into
+        # Ray's job config (where keys would be stored and shown).
+        ray.init(num_cpus=num_cpus or local_cluster_cpus(), include_dashboard=False, runtime_env=env)
+
+
+def runtime_env(job_env: dict | None = None) -> tuple[dict, bool]:
+    """The runtime env imgrec adds to a job: the quiet console's environment and
+    setup hook, and ``FORWARDED_ENV``. Ray refuses a driver env that repeats a
+    field or variable of the job's (``ray job submit --runtime-env``), so the job's
+    variables win and are left out here; a job's own ``worker_process_setup_hook``
+    is called by ours (``console.CHAINED_HOOK_ENV``), which then overrides it
+    (the returned flag: merge with ``RAY_OVERRIDE_JOB_RUNTIME_ENV``)."""
+    job_env = job_env or {}
+    taken = set(job_env.get("env_vars") or {})
+    env_vars = {k: v for k, v in {**console.quiet_env(), **forwarded_env()}.items() if k not in taken}
+    theirs = job_env.get("worker_process_setup_hook")
+    if theirs and theirs != console.SETUP_HOOK:
+        env_vars[console.CHAINED_HOOK_ENV] = theirs
+    env = {"worker_process_setup_hook": console.SETUP_HOOK, **({"env_vars": env_vars} if env_vars else {})}
+    return env, bool(theirs)
+
+
+def _job_runtime_env() -> dict:
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    return (json.loads(raw).get("runtime_env") or {}) if raw else {}
+
+
+@contextlib.contextmanager
+def _override_job_env(on: bool):
+    previous = os.environ.get("RAY_OVERRIDE_JOB_RUNTIME_ENV")
+    if on:
+        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    try:
+        yield
+    finally:
+        if on and previous is None:
+            os.environ.pop("RAY_OVERRIDE_JOB_RUNTIME_ENV", None)
+
+
+def own_progress(fn):
+    """Decorate a function that draws imgrec's own progress: Ray Data's progress
+    bars are off for the datasets it creates (each copies the context it was made
+    in), and back as the caller had them when it returns. Library users' own
+    datasets keep theirs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        previous, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            ctx.enable_progress_bars = previous
+
+    return wrapper
 
 
 def local_cluster_cpus() -> int:

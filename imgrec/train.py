@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import evaluate, models, preflight, report, storage, tracking
+from imgrec import console, evaluate, models, preflight, report, storage, tracking
 from imgrec.config import (
     ConfigError,
     TrainConfig,
@@ -29,7 +29,8 @@ from imgrec.layout import RunLayout
 from imgrec.loop import loop_config, train_loop_per_worker
 from imgrec.loop_state import LoopOptions
 from imgrec.placement import cluster_view, plan_workers
-from imgrec.runtime import ensure_ray, forwarded_env
+from imgrec.progress import TrainingProgress
+from imgrec.runtime import ensure_ray, forwarded_env, own_progress
 from imgrec.timing import timed
 
 __all__ = ["NonFiniteLossError", "RunResult", "default_run_name", "read_history", "run_uri", "train"]
@@ -63,6 +64,7 @@ def run_uri(cfg: TrainConfig) -> str:
     return RunLayout.of(cfg.storage, cfg.run_name).uri
 
 
+@own_progress
 def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[str] | None = None,
           dataset=None, run_config_overrides: dict | None = None, allow_existing: bool = False,
           hooks: list[Hook] | None = None, loop_options: LoopOptions | None = None,
@@ -77,6 +79,7 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     every worker after imgrec's own (``imgrec.hooks``); ``loop_options`` tunes the
     worker's input pipeline (``imgrec.loop.LoopOptions``). ``concurrent_trials``:
     the runs sharing the cluster at once (Tune), which ``workers="auto"`` divides by.
+    Progress is drawn here, from rank 0's events (``imgrec.progress``).
     """
     t_start = time.time()
     cfg, resume_checkpoint = _prepare(cfg, allow_existing, data=arrays is None and dataset is None)
@@ -96,15 +99,17 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     datasets = {"train": augmented(data.train, cfg.augment)}
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
+    progress = TrainingProgress()  # the board rank 0 reports to; drawn here while fit() runs
     config = loop_config(cfg, class_names=data.class_names, run=run, train_rows=data.counts["train"],
                          val_rows=data.counts["val"] if "val" in datasets else 0,
                          manifest_base=_manifest_base(cfg, data, class_weights), class_weights=class_weights,
                          resume_checkpoint=resume_checkpoint, options=loop_options, hooks=hooks,
-                         driver_phases=phases)
+                         driver_phases=phases, progress=progress.board)
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
     print(f"[imgrec] training {cfg.model.name} on {cfg.workers} worker(s), run {run.uri}", flush=True)
     with tracking.track_run(cfg, run.uri):  # MLflow, from this process only (imgrec.tracking)
-        trainer.fit()
+        with progress:
+            trainer.fit()
         result = _finish(cfg, run, data)
     result.elapsed_s = time.time() - t_start
     if result.test_metrics:
@@ -229,7 +234,7 @@ def _manifest_base(cfg: TrainConfig, data, class_weights: list[float] | None = N
 
 
 def _trainer(cfg: TrainConfig, config: dict[str, Any], datasets: dict, run_config_overrides: dict | None):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from imgrec.tf_backend import TFConfigBackend
@@ -247,6 +252,8 @@ def _trainer(cfg: TrainConfig, config: dict[str, Any], datasets: dict, run_confi
         ),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         worker_runtime_env={"env_vars": env} if env else None,
+        # Ray Train's own INFO lines (resources requested, worker group started) only with -v
+        logging_config=LoggingConfig(log_level="DEBUG" if console.verbose() else "WARNING"),
         **(run_config_overrides or {}),
     )
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}

@@ -7,7 +7,7 @@ It only hands its arguments to the CLI (``imgrec demo``); ``python jobs/demo.py 
 
 import sys
 
-from imgrec.cli import app
+from imgrec.cli import main
 
 if __name__ == "__main__":
-    app(["demo", *sys.argv[1:]], prog_name="jobs/demo.py")
+    main(["demo", *sys.argv[1:]], prog_name="jobs/demo.py")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgrec.cli import app  # noqa: E402
+from imgrec.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    app(["export", *sys.argv[1:]], prog_name="jobs/export.py")
+    main(["export", *sys.argv[1:]], prog_name="jobs/export.py")

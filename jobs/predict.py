@@ -17,7 +17,7 @@ from pathlib import Path
 # Ray ships: make the repo's imgrec importable without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imgrec.cli import app  # noqa: E402
+from imgrec.cli import main  # noqa: E402
 from imgrec.cli_predict import predict_config  # noqa: E402
 from imgrec.config import PredictConfig  # noqa: E402
 
@@ -28,4 +28,4 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
 
 
 if __name__ == "__main__":
-    app(["predict", *sys.argv[1:]], prog_name="jobs/predict.py")
+    main(["predict", *sys.argv[1:]], prog_name="jobs/predict.py")

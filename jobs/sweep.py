@@ -12,7 +12,7 @@ and calls `imgrec.tune.sweep`; `python jobs/sweep.py --help` lists every option.
 
 import sys
 
-from imgrec.cli import app
+from imgrec.cli import main
 
 if __name__ == "__main__":
-    app(["tune", *sys.argv[1:]], prog_name="jobs/sweep.py")
+    main(["tune", *sys.argv[1:]], prog_name="jobs/sweep.py")

@@ -8,7 +8,7 @@ config; `python jobs/train.py --help` lists every option.
 
 import sys
 
-from imgrec.cli import app
+from imgrec.cli import main
 
 if __name__ == "__main__":
-    app(["train", *sys.argv[1:]], prog_name="jobs/train.py")
+    main(["train", *sys.argv[1:]], prog_name="jobs/train.py")

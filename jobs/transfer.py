@@ -8,7 +8,7 @@ config; `python jobs/transfer.py --help` lists every option.
 
 import sys
 
-from imgrec.cli import app
+from imgrec.cli import main
 
 if __name__ == "__main__":
-    app(["transfer", *sys.argv[1:]], prog_name="jobs/transfer.py")
+    main(["transfer", *sys.argv[1:]], prog_name="jobs/transfer.py")

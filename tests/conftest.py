@@ -123,10 +123,13 @@ def ray_cluster(s3_server):
     Ray Data, two Train workers and a Tune driver never starve one another."""
     import ray
 
+    from imgrec.runtime import runtime_env
+
     ray.init(
         num_cpus=6,
         include_dashboard=False,
         log_to_driver=True,
+        runtime_env=runtime_env()[0],  # as ensure_ray: every worker runs imgrec's quiet console first
     )  # workers inherit this process's environment: the endpoint and dummy credentials
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

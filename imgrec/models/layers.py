@@ -14,7 +14,9 @@ import os
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from imgrec import console
+
+os.environ.update(console.quiet_env())
 
 import keras  # noqa: E402  (after the TF log level, so importing us stays quiet)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgrec import checkpoint as ckpt
+from imgrec import console
 from imgrec.config import DecodeConfig, from_dict
 from imgrec.models import class_probabilities
 from imgrec.predict.columns import Column, Scored, model_table
@@ -32,7 +33,7 @@ class Predictor:
     Loads the model once per actor (S3 checkpoints are cached per node)."""
 
     def __init__(self, model_uri: str, *, batch_size: int = 64):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.update(console.quiet_env())
         self.model, self.manifest = ckpt.load(model_uri, compile=False)
         self.batch_size = batch_size
 

@@ -21,8 +21,10 @@ from imgrec.predict.output import FORMAT, job_record, prepare_output
 from imgrec.predict.page import write_prediction_page
 from imgrec.predict.runner import ChunkDone, Runner
 from imgrec.predict.summary import PredictSummary, summarize
+from imgrec.runtime import own_progress
 
 
+@own_progress
 def predict_bucket(
     cfg: PredictConfig,
     *,
@@ -60,7 +62,7 @@ def predict_bucket(
             f"{len(done)} already done{f', {stale} stale parts removed' if stale else ''}; "
             f"checkpoint {ref.uri}"
         )
-        runner = Runner(cfg, ref, out, plan, columns, say=say, on_chunk=on_chunk)
+        runner = Runner(cfg, ref, out, plan, columns, say=say, on_chunk=on_chunk, bar=progress)
         runner.run(done)
 
     summary = summarize(cfg, ref, out, plan, listing, runner, done, stale, t0)

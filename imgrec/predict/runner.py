@@ -19,6 +19,7 @@ from imgrec.predict.chunks import Chunk, Plan
 from imgrec.predict.columns import Column, Written, finish_part
 from imgrec.predict.errors import PredictError
 from imgrec.predict.output import FORMAT
+from imgrec.progress import FileBar
 from imgrec.runtime import ensure_ray
 
 WAVE_ROWS = 50_000  # files per Ray Data execution (x actors): bounds driver memory, amortises model loads
@@ -40,9 +41,9 @@ class Runner:
     """Runs the pending chunks in waves and writes each part when it is complete."""
 
     def __init__(self, cfg: PredictConfig, ref: ckpt.CheckpointRef, out: str, plan: Plan, columns: list[Column], *,
-                 say: Callable[[str], None], on_chunk: Callable[[ChunkDone], None] | None):
+                 say: Callable[[str], None], on_chunk: Callable[[ChunkDone], None] | None, bar: bool = True):
         self.cfg, self.ref, self.out, self.plan = cfg, ref, out, plan
-        self.say, self.on_chunk = say, on_chunk
+        self.say, self.on_chunk, self.show_bar = say, on_chunk, bar
         self.decode = decode_config(ref.manifest)
         self.rows_run = 0
         self.chunks_run = 0
@@ -51,19 +52,25 @@ class Runner:
         self.columns = columns  # what the job record says; the actors get the same list
 
     def run(self, done: set[str]) -> None:
+        """The chunks not in ``done``; a bar over their files on a terminal."""
         index = {name: i + 1 for i, name in enumerate(self.plan.names)}
+        pending = sum(len(chunk.paths) for chunk in self.plan.chunks() if chunk.name not in done)
+        self.bar = FileBar(pending, live=None if self.show_bar else False)
         wave: list[Chunk] = []
         rows = 0
-        for chunk in self.plan.chunks():
-            if chunk.name in done:
-                continue
-            wave.append(chunk)
-            rows += len(chunk.paths)
-            if rows >= self.wave_rows:
+        try:
+            for chunk in self.plan.chunks():
+                if chunk.name in done:
+                    continue
+                wave.append(chunk)
+                rows += len(chunk.paths)
+                if rows >= self.wave_rows:
+                    self._run_wave(wave, index)
+                    wave, rows = [], 0
+            if wave:
                 self._run_wave(wave, index)
-                wave, rows = [], 0
-        if wave:
-            self._run_wave(wave, index)
+        finally:
+            self.bar.close()
 
     def _dataset(self, wave: list[Chunk]):
         """One block per batch, so reading and decoding spread over the actors.
@@ -106,6 +113,7 @@ class Runner:
                     part = block.filter(pc.equal(block["chunk"], c))
                     pending.setdefault(c, []).append(part)
                     got[c] += part.num_rows
+                    self.bar.update(part.num_rows, part.num_rows - part.column("error").null_count)
                     if got[c] == len(wave[c].paths):
                         self._write_part(wave[c], pending.pop(c), index, start)
         finally:
@@ -139,7 +147,8 @@ class Runner:
         elapsed = self.predict_seconds + time.time() - start
         rate = self.rows_run / elapsed if elapsed > 0 else 0.0
         i, total = index[chunk.name], len(self.plan.names)
-        self.say(f"[predict] chunk {i}/{total} {chunk.name}: {n} files, {errors} errors; {rate:.1f} images/s")
+        self.bar.line(f"[predict] chunk {i}/{total} {chunk.name}: {n} files, {errors} errors; {rate:.1f} images/s",
+                      self.say)
         if self.on_chunk:
             self.on_chunk(ChunkDone(i, total, chunk.name, uri, n, errors))
 
