@@ -33,7 +33,8 @@ class clear_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, typer.Exit | typer.Abort | SystemExit):
+        # an option parser's BadParameter is a usage error: click shows it and exits 2
+        if exc is None or isinstance(exc, typer.Exit | typer.Abort | SystemExit | typer.BadParameter):
             return False
         if isinstance(exc, StorageError | ConfigError | CheckpointError | FileNotFoundError | ValueError):
             typer.secho(f"error: {self._text(exc)}", err=True, fg=typer.colors.RED)
