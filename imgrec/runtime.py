@@ -34,6 +34,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     (``runtime_env``); an already connected Ray is left as it is."""
     import ray
 
+    _bars_off_where_imgrec_draws()
     if ray.is_initialized():
         return
     console.quiet_process()
@@ -86,20 +87,35 @@ def own_progress(fn):
     """Decorate a function that draws imgrec's own progress: Ray Data's progress
     bars are off for the datasets it creates (each copies the context it was made
     in), and back as the caller had them when it returns. Library users' own
-    datasets keep theirs."""
+    datasets keep theirs. Ray is not imported here: the switch happens when the
+    function calls ``ensure_ray``, after its pre-flight (which must run without Ray)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        previous, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+        entry: dict[str, bool] = {}
+        _OWN_PROGRESS.append(entry)
         try:
             return fn(*args, **kwargs)
         finally:
-            ctx.enable_progress_bars = previous
+            _OWN_PROGRESS.remove(entry)
+            if "previous" in entry:
+                import ray.data
+
+                ray.data.DataContext.get_current().enable_progress_bars = entry["previous"]
 
     return wrapper
+
+
+_OWN_PROGRESS: list[dict[str, bool]] = []  # the own_progress calls in flight, innermost last
+
+
+def _bars_off_where_imgrec_draws() -> None:
+    if not _OWN_PROGRESS or "previous" in _OWN_PROGRESS[-1]:
+        return
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    _OWN_PROGRESS[-1]["previous"], ctx.enable_progress_bars = ctx.enable_progress_bars, False
 
 
 def local_cluster_cpus() -> int:

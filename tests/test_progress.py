@@ -156,3 +156,28 @@ def test_rank_0s_progress_hook_feeds_the_board(ray_cluster, tmp_path, monkeypatc
         view.show(event)
     assert out.getvalue().splitlines() == [
         "[imgrec] epoch 1/3 loss 0.2500 acc 0.5000 val_loss 0.5000 val_acc 0.5000 (32 images, 10 img/s)"]
+
+
+def test_ray_data_bars_are_off_only_inside_imgrec_s_own_progress(ray_cluster):
+    """``own_progress`` (on ``train`` and ``predict_bucket``) turns Ray Data's bars off
+    when the function reaches ``ensure_ray``, after its pre-flight (no Ray import
+    before), and gives the caller's setting back when it returns."""
+    import ray.data
+
+    from imgrec.runtime import ensure_ray, own_progress
+
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.enable_progress_bars = ctx.enable_progress_bars, True
+    seen = []
+
+    @own_progress
+    def job():
+        seen.append(ctx.enable_progress_bars)  # the pre-flight's part: untouched
+        ensure_ray()
+        seen.append(ray.data.DataContext.get_current().enable_progress_bars)
+
+    try:
+        job()
+        assert seen == [True, False] and ctx.enable_progress_bars is True
+    finally:
+        ctx.enable_progress_bars = saved
