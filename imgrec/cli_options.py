@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
-import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from imgrec.config import ConfigError, from_dict
+from imgrec.models.registry import top_blocks
 
 _FROM_CONFIG = object()  # the default is the config field's
 
@@ -84,7 +84,7 @@ def parse_freeze(text: str) -> int | str:
     """``--freeze-depth``: a number of backbone layers, ``all`` or ``all-K``."""
     if text.isdigit():
         return int(text)
-    if text == "all" or re.fullmatch(r"all-[1-9]\d*", text):
+    if text == "all" or top_blocks(text) is not None:
         return text
     raise typer.BadParameter(f"--freeze-depth {text!r}: give a number of backbone layers (e.g. 20), 'all', or "
                              "'all-K' (all but the top K blocks, e.g. all-2)")

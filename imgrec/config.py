@@ -273,7 +273,7 @@ class TrainConfig:
         if self.head_epochs != "auto":
             return int(self.head_epochs)
         fine_tunes = str(self.model.freeze_depth).strip().lower() != "all"
-        if self.epochs < 2 or not fine_tunes or str(self.model.weights).strip().lower() in ("none", ""):
+        if self.epochs < 2 or not fine_tunes or str(self.model.weights).strip().lower() in NO_WEIGHTS:
             return 0
         return max(1, self.epochs // 3)
 
@@ -383,6 +383,8 @@ def resolve_class_weights(value: str | dict[str, float], class_names: list[str],
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# ModelConfig.weights spellings meaning "no pretrained weights" (models.registry.weights_kind)
+NO_WEIGHTS = ("", "none", "null", "random")
 
 # What `imgrec train` (from scratch) starts from: a small residual CNN and a recipe to match
 # (AdamW, 1 warmup epoch then cosine decay, decoupled weight decay on kernels, label

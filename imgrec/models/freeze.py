@@ -9,7 +9,7 @@ import re
 import keras
 
 from imgrec.config import ConfigError
-from imgrec.models.registry import BACKBONE_NAME, get_spec
+from imgrec.models.registry import BACKBONE_NAME, get_spec, top_blocks
 
 
 def get_backbone(model: keras.Model) -> keras.Model:
@@ -109,15 +109,6 @@ def _resolve_depth(depth: int | str | None, layers: list[keras.layers.Layer], mo
             "see models.block_boundaries() for depths that end on a block"
         )
     return int(depth)
-
-
-def top_blocks(depth: int | str | None) -> int | None:
-    """K of a freeze depth ``"all-K"`` (all but the top K blocks), else None."""
-    m = _ALL_BUT.fullmatch(str(depth).strip().lower())
-    return int(m.group(1)) if m else None
-
-
-_ALL_BUT = re.compile(r"all-(\d+)")
 
 
 def _all_but_top(layers: list[keras.layers.Layer], top: int, model_name: str | None) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imgrec.config import ConfigError
+from imgrec.config import NO_WEIGHTS, ConfigError
 
 KINDS = ("course", "scratch", "backbone")
 PREPROCESSING = ("rescale_0_1", "tf", "torch", "caffe", "none")
@@ -196,6 +196,12 @@ def check_model_config(spec: ModelSpec, cfg) -> None:
         _check_no_backbone(spec, cfg)
 
 
+def top_blocks(depth) -> int | None:
+    """K of a freeze depth ``"all-K"`` (all but the top K >= 1 blocks), else None."""
+    m = re.fullmatch(r"all-([1-9]\d*)", str(depth).strip().lower())
+    return int(m.group(1)) if m else None
+
+
 def check_freeze_depth(depth) -> None:
     """A layer count >= 0, ``"all"`` or ``"all-K"`` with K >= 1 (``None``: 0), as
     ``set_freeze_depth`` takes it; whether the backbone has that many layers or
@@ -203,7 +209,7 @@ def check_freeze_depth(depth) -> None:
     text = str(depth).strip().lower()
     if depth is None or text == "all" or (text.isdigit() and not isinstance(depth, bool | float)):
         return
-    if re.fullmatch(r"all-[1-9]\d*", text):
+    if top_blocks(text) is not None:
         return
     raise ConfigError(f"freeze_depth must be a number of backbone layers >= 0, 'all', or 'all-K' (all but the "
                       f"top K >= 1 blocks), got {depth!r}", "freeze_depth")
@@ -242,7 +248,7 @@ def check_num_classes(num_classes: int) -> None:
 
 def weights_kind(weights: str | None) -> str:
     """``none``, ``imagenet`` or ``file`` (a local path or s3:// URI)."""
-    if weights is None or str(weights).strip().lower() in ("", "none", "null", "random"):
+    if weights is None or str(weights).strip().lower() in NO_WEIGHTS:
         return "none"
     if str(weights).strip().lower() == "imagenet":
         return "imagenet"
