@@ -146,7 +146,7 @@ def default_image_size(cfg: TrainConfig, data: bool = True) -> tuple[int, int]:
     compute for no accuracy (issue #19). ``data``: an image tree or manifest to sample."""
     spec = models.get_spec(cfg.model.name)
     model_h, model_w = spec.default_size
-    if not data or cfg.data.uri in ("", "cifar10"):  # in-memory arrays: nothing to sample
+    if not data or cfg.data.uri in ("", *preflight.NAMED_DATASETS):  # in memory: nothing to sample
         return (model_h, model_w)
     sampled = typical_image_size(cfg.data.uri)
     if sampled is None or not (sampled[0] < model_h and sampled[1] < model_w):
