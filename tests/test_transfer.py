@@ -17,8 +17,11 @@ SIZE = (32, 32)
 def transfer_demo(ray_cluster, session_bucket):
     from imgrec.demo import run_demo
 
-    return run_demo(f"{session_bucket}/demo", image_size=SIZE, pretrain_epochs=8, transfer_epochs=4,
-                    a_per_class=100, b_per_class=60)
+    # Task A's budget decides how much there is to transfer: at 100 images a class and 8
+    # epochs, pretraining reached 0.49-0.78 test accuracy over four runs (its data order is
+    # not seeded) and one transfer fell to 0.49; at 150 and 12 it reached 0.65-0.91 (+~10 s).
+    return run_demo(f"{session_bucket}/demo", image_size=SIZE, pretrain_epochs=12, transfer_epochs=4,
+                    a_per_class=150, b_per_class=60)
 
 
 @pytest.fixture(scope="session")
@@ -80,10 +83,11 @@ def test_two_stages_head_first_then_the_upper_blocks(transfer_demo):
 
 def test_transfer_beats_same_budget_from_scratch(transfer_demo, scratch_run):
     """Task B's 4 epochs from task A's weights against the same 4 epochs from random
-    weights (one more Train launch). Measured: 0.94 and 0.69 against 0.33 (chance) twice."""
+    weights (one more Train launch). Measured two-stage: 0.80-0.92 against 0.33 (chance)."""
     transferred = transfer_demo.transfer.test_metrics["accuracy"]
     scratch = scratch_run.test_metrics["accuracy"]
-    assert transferred > scratch + 0.2, (transferred, scratch)
+    pretrained = transfer_demo.pretrain.test_metrics["accuracy"]  # what there was to transfer
+    assert transferred > scratch + 0.2, f"transfer {transferred:.3f}, scratch {scratch:.3f}, task A {pretrained:.3f}"
 
 
 def test_transfer_report_and_evaluation(transfer_demo):
