@@ -30,7 +30,7 @@ from imgrec.loop import loop_config, train_loop_per_worker
 from imgrec.loop_state import LoopOptions
 from imgrec.placement import cluster_view, plan_workers
 from imgrec.progress import TrainingProgress
-from imgrec.runtime import ensure_ray, forwarded_env, own_progress
+from imgrec.runtime import controller_env, ensure_ray, forwarded_env, own_progress
 from imgrec.timing import timed
 
 __all__ = ["NonFiniteLossError", "RunResult", "default_run_name", "read_history", "run_uri", "train"]
@@ -88,15 +88,15 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     with timed(phases, "driver_ray_s"):
         ensure_ray()
     with timed(phases, "driver_placement_s"):
-        cfg, loop_options = _place_workers(cfg, loop_options, concurrent_trials)
+        cfg, loop_options, data_tasks = _place_workers(cfg, loop_options, concurrent_trials)
     with timed(phases, "driver_data_s"):  # listing, decoding once, materializing
-        data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names)
+        data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names, tasks=data_tasks)
     print(f"[imgrec] data: {data.summary()}", flush=True)
     if data.counts["train"] < cfg.batch_size:
         raise ValueError(f"only {data.counts['train']} training images for a global batch of {cfg.batch_size}; "
                          "lower --batch-size")
     class_weights = _class_weights(cfg, data)  # before Ray Train starts: an unknown class name is refused here
-    datasets = {"train": augmented(data.train, cfg.augment)}
+    datasets = {"train": augmented(data.train, cfg.augment, tasks=data_tasks)}
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
     progress = TrainingProgress()  # the board rank 0 reports to; drawn here while fit() runs
@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     trainer = _trainer(cfg, config, datasets, run_config_overrides)
     print(f"[imgrec] training {cfg.model.name} on {cfg.workers} worker(s), run {run.uri}", flush=True)
     with tracking.track_run(cfg, run.uri):  # MLflow, from this process only (imgrec.tracking)
-        with progress:
+        with progress, controller_env():
             trainer.fit()
         result = _finish(cfg, run, data)
     result.elapsed_s = time.time() - t_start
@@ -158,9 +158,10 @@ def default_image_size(cfg: TrainConfig, data: bool = True) -> tuple[int, int]:
 
 
 def _place_workers(cfg: TrainConfig, options: LoopOptions | None,
-                   concurrent_trials: int) -> tuple[TrainConfig, LoopOptions]:
+                   concurrent_trials: int) -> tuple[TrainConfig, LoopOptions, int | None]:
     """Resolve ``workers`` ("auto" or a count) on the connected cluster into a count,
-    CPUs and GPUs per worker, and TensorFlow pools the caller did not set."""
+    CPUs and GPUs per worker, and TensorFlow pools the caller did not set; and the
+    cap on Ray Data's concurrent tasks (``imgrec.placement.data_tasks``)."""
     plan = plan_workers(cluster_view(), cfg.workers, cpus_per_worker=cfg.cpus_per_worker,
                         gpus_per_worker=cfg.gpus_per_worker, concurrent_trials=concurrent_trials)
     print(f"[imgrec] workers: {plan.describe()}", flush=True)
@@ -169,7 +170,7 @@ def _place_workers(cfg: TrainConfig, options: LoopOptions | None,
                                   inter_op_threads=options.inter_op_threads or plan.inter_op_threads)
     cfg = replace(cfg, workers=plan.workers, cpus_per_worker=plan.cpus_per_worker,
                   gpus_per_worker=plan.gpus_per_worker)
-    return cfg, options
+    return cfg, options, plan.data_tasks
 
 
 def _resume_config(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:

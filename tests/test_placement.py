@@ -3,6 +3,8 @@ the view of the real local cluster."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from imgrec.placement import DATA_CORES, NodeView, plan_workers
@@ -77,6 +79,16 @@ def test_loop_feed_is_a_known_choice():
         LoopOptions(feed="tfdata")
 
 
+def test_data_tasks_are_capped_at_the_machines_cpus_where_ray_counts_more():
+    """imgrec's local cluster counts 3 logical CPUs per CPU: Data runs at most 2 tasks
+    at once on 2 CPUs; a cluster counting its CPUs as they are (hyperthreads included)
+    is not capped; in a mixed cluster each node counts its real CPUs."""
+    assert plan_workers([NodeView(cpus=6, gpus=0, physical_cores=2, os_cpus=2)]).data_tasks == 2
+    assert plan_workers([NodeView(cpus=16, gpus=0, physical_cores=8, os_cpus=16)]).data_tasks is None
+    assert plan_workers([NodeView(6, 0, 2, 2), NodeView(16, 0, 8, 16)], workers=2).data_tasks == 18
+    assert plan_workers([NodeView(cpus=4, gpus=0, physical_cores=4)]).data_tasks is None  # no OS count: the cores
+
+
 def test_an_empty_cluster_is_a_clear_error():
     with pytest.raises(ValueError, match="no node with CPUs or GPUs"):
         plan_workers([NodeView(0, 0, 4)])
@@ -87,3 +99,4 @@ def test_view_of_the_local_cluster(ray_cluster):
 
     view = cluster_view()
     assert len(view) == 1 and view[0].cpus == 6 and view[0].physical_cores == physical_cores() >= 1
+    assert view[0].os_cpus == os.cpu_count()

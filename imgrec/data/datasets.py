@@ -69,7 +69,8 @@ def num_blocks(n_rows: int, rows_per_block: int, max_blocks: int = 200) -> int:
     return max(1, min(max_blocks, -(-n_rows // rows_per_block)))
 
 
-def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per_block: int = ROWS_PER_BLOCK):
+def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per_block: int = ROWS_PER_BLOCK,
+             tasks: int | None = None):
     """Records -> (Ray dataset of the good decoded rows, their count, bad rows).
 
     With ``cache``, bad rows are dropped inside the decode tasks, so a single
@@ -81,7 +82,8 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
     epoch, behind the barrier of ``randomize_block_order``: +1.5-4 s per epoch
     for 2000 images at 128x128); a Ray filter fused into the decode (it copies
     every block: ~0.2 ms per 128x128 image). Without ``cache`` every epoch
-    decodes again, and the report costs one extra pass now."""
+    decodes again, and the report costs one extra pass now. ``tasks``: at most
+    this many decode tasks at once (``imgrec.placement.data_tasks``)."""
     import ray
     from ray.data.expressions import col
 
@@ -94,12 +96,14 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
     records = sorted(records, key=lambda r: split_hash(r.get("rel", r["path"]), 7919))
     ds = ray.data.from_items(records, override_num_blocks=num_blocks(len(records), rows_per_block))
     if not cache:
-        ds = ds.map_batches(DecodeImages(decode), batch_size=DECODE_BATCH, batch_format="numpy")
+        ds = ds.map_batches(DecodeImages(decode), batch_size=DECODE_BATCH, batch_format="numpy",
+                            compute=_pool(tasks))
         # Project first so the report never moves pixels.
         rows = ds.select_columns(["path", "error"]).filter(expr=col("error") != "").take_all()
         bad = [{"path": str(r["path"]), "reason": str(r["error"])} for r in rows]
         return ds.filter(expr=col("error") == "").drop_columns(["error"]), len(records) - len(bad), bad
-    good = ds.map_batches(_DecodeGood(decode), batch_size=DECODE_BATCH, batch_format="numpy").materialize()
+    good = ds.map_batches(_DecodeGood(decode), batch_size=DECODE_BATCH, batch_format="numpy",
+                          compute=_pool(tasks)).materialize()
     n_good = good.count()  # from block metadata: free
     bad = _missing_reasons(records, good, decode) if n_good < len(records) else []
     return good, n_good, bad
@@ -257,6 +261,7 @@ def load_dataset(
     *,
     arrays: tuple | None = None,
     class_names: list[str] | None = None,
+    tasks: int | None = None,
 ) -> ImageDataset:
     """One call from a DataConfig to decoded train/val/test Ray datasets.
 
@@ -265,7 +270,8 @@ def load_dataset(
     ``((x_train, y_train), (x_test, y_test))`` instead (CIFAR-style).
     ``cfg.decode.image_size`` must be set. Unreadable or undecodable files are
     skipped and listed in ``bad_files``; only a tree where every training image
-    is bad is an error. Test data: the tree's ``test/``, a manifest's ``test`` rows."""
+    is bad is an error. Test data: the tree's ``test/``, a manifest's ``test`` rows.
+    ``tasks``: at most this many decode tasks at once (``imgrec.placement.data_tasks``)."""
     decode = _require_image_size(cfg)
     if arrays is not None or cfg.uri == "cifar10":
         return _load_arrays(cfg, arrays if arrays is not None else load_cifar10(), class_names)
@@ -273,13 +279,13 @@ def load_dataset(
     tree = list_images(cfg.uri)
     train_recs = _limit_per_class(tree.train, cfg.limit_per_class)
     train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed, tree.splits)
-    train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache)
+    train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache, tasks=tasks)
     if n_train == 0:
         raise DataError(
             f"{tree.root}: every training image failed to decode; first bad files: {path_reasons(train_bad, 5)}"
         )
-    val, n_val, val_bad = _decoded(val_recs, decode, cache=cfg.cache)
-    test, n_test, test_bad = _decoded(tree.test, decode, cache=cfg.cache)
+    val, n_val, val_bad = _decoded(val_recs, decode, cache=cfg.cache, tasks=tasks)
+    test, n_test, test_bad = _decoded(tree.test, decode, cache=cfg.cache, tasks=tasks)
     bad = tree.skipped + train_bad + val_bad + test_bad
     for item in bad:
         log.warning("skipped %s: %s", item["path"], item["reason"])
@@ -306,10 +312,10 @@ def class_counts(records: list[dict], bad: list[dict[str, str]], n_classes: int)
     return [counts.get(i, 0) for i in range(n_classes)]
 
 
-def augmented(ds, augment: AugmentConfig):
+def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None):
     """The per-epoch part of the training pipeline: block order shuffled and
     images augmented again every time the dataset is iterated (lazy: nothing
-    runs until an epoch iterates it).
+    runs until an epoch iterates it). ``tasks``: as ``load_dataset``'s.
 
     Randomness across epochs:
 
@@ -331,7 +337,13 @@ def augmented(ds, augment: AugmentConfig):
         return ds
 
     udf = Augmenter(augment) if seed is None else _EpochSaltedAugmenter(augment)
-    return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy")
+    return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy", compute=_pool(tasks))
+
+
+def _pool(tasks: int | None):
+    from ray.data import TaskPoolStrategy
+
+    return TaskPoolStrategy(size=tasks)
 
 
 class _EpochSaltedAugmenter:

@@ -14,6 +14,7 @@ from imgrec import models, preflight, storage, tracking
 from imgrec.config import ConfigError, SweepConfig, from_dict, replace, to_dict
 from imgrec.data import load_dataset
 from imgrec.layout import SweepLayout
+from imgrec.placement import cluster_view, data_tasks
 from imgrec.runtime import ensure_ray, forwarded_env
 from imgrec.train import default_run_name, run_uri, train
 from imgrec.tune.results import METRIC, MODE, _best, format_table, results_table, write_results
@@ -100,7 +101,7 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
     uri = sweep_uri(cfg)
     ensure_ray()
     from ray import tune
-    data = dataset or load_dataset(cfg.base.data)
+    data = dataset or load_dataset(cfg.base.data, tasks=data_tasks(cluster_view()))
     print(f"[imgrec] sweep {uri}: {cfg.num_samples} trial(s), search {search_method(cfg)}, "
           f"scheduler {cfg.scheduler}; data {data.summary()}", flush=True)
 
