@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -219,6 +220,23 @@ def test_bad_files_are_reported_skipped_and_pixels_match_decode_image(ray_cluste
             np.testing.assert_array_equal(image, decode_image(good[rel], decode))
             seen.add(rel)
     assert seen == set(good)  # train, val and test together: every good file exactly once
+
+
+def test_a_capped_decode_keeps_every_row_and_warns_of_no_cap_it_cannot_reach(ray_cluster, messy_tree):
+    """``tasks`` (imgrec.placement.data_tasks) caps Ray Data's concurrent decode tasks:
+    over 6 blocks with a cap of 2 every good file still decodes once; a tree of fewer
+    blocks than the cap runs uncapped, without Ray's console warning about it."""
+    root, good, bad = messy_tree
+    decode = DecodeConfig(image_size=SIZE, max_pixels=2000)
+    records = data.list_images(root).train
+    capped, n, missing = datasets._decoded(records, decode, cache=True, rows_per_block=4, tasks=2)
+    assert datasets.num_blocks(len(records), 4) == 6  # the decode's input: more blocks than the cap
+    assert n == capped.count() == len(records) - len(bad) and len(missing) == len(bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load_dataset(DataConfig(uri=root, decode=decode), tasks=2)
+    assert ds.counts["train"] + ds.counts["val"] == n
+    assert not [w for w in caught if "concurrent tasks" in str(w.message)]
 
 
 def test_a_tree_of_only_bad_files_is_a_clear_error(ray_cluster, tmp_path):

@@ -94,16 +94,17 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
     # (batches of a single class; BatchNorm-heavy nets then do not learn). A
     # deterministic hash order mixes classes within every block.
     records = sorted(records, key=lambda r: split_hash(r.get("rel", r["path"]), 7919))
-    ds = ray.data.from_items(records, override_num_blocks=num_blocks(len(records), rows_per_block))
+    blocks = num_blocks(len(records), rows_per_block)
+    ds = ray.data.from_items(records, override_num_blocks=blocks)
     if not cache:
         ds = ds.map_batches(DecodeImages(decode), batch_size=DECODE_BATCH, batch_format="numpy",
-                            compute=_pool(tasks))
+                            compute=_pool(tasks, blocks))
         # Project first so the report never moves pixels.
         rows = ds.select_columns(["path", "error"]).filter(expr=col("error") != "").take_all()
         bad = [{"path": str(r["path"]), "reason": str(r["error"])} for r in rows]
         return ds.filter(expr=col("error") == "").drop_columns(["error"]), len(records) - len(bad), bad
     good = ds.map_batches(_DecodeGood(decode), batch_size=DECODE_BATCH, batch_format="numpy",
-                          compute=_pool(tasks)).materialize()
+                          compute=_pool(tasks, blocks)).materialize()
     n_good = good.count()  # from block metadata: free
     bad = _missing_reasons(records, good, decode) if n_good < len(records) else []
     return good, n_good, bad
@@ -332,18 +333,29 @@ def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None):
     from ray.data import RandomSeedConfig
 
     seed = augment.seed
+    blocks = _known_blocks(ds)
     ds = ds.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=int(seed)))
     if not augment.enabled:
         return ds
 
     udf = Augmenter(augment) if seed is None else _EpochSaltedAugmenter(augment)
-    return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy", compute=_pool(tasks))
+    return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy",
+                          compute=_pool(tasks, blocks))
 
 
-def _pool(tasks: int | None):
+def _pool(tasks: int | None, blocks: int | None):
+    """Ray Data's task pool of at most ``tasks`` at once; no cap where the blocks are
+    fewer anyway (Ray warns on the console about a cap it cannot reach)."""
     from ray.data import TaskPoolStrategy
 
-    return TaskPoolStrategy(size=tasks)
+    return TaskPoolStrategy(size=tasks if tasks and (blocks is None or blocks > tasks) else None)
+
+
+def _known_blocks(ds) -> int | None:
+    """The block count of a materialized dataset (free), else None."""
+    from ray.data.dataset import MaterializedDataset
+
+    return ds.num_blocks() if isinstance(ds, MaterializedDataset) else None
 
 
 class _EpochSaltedAugmenter:
