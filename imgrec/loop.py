@@ -23,6 +23,7 @@ step across the whole cluster; each of W workers takes ``batch_size // W``.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -45,12 +46,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: build or restore, then epochs with hooks."""
     loop = _worker_loop(loop_config)
     options = LoopOptions(**loop_config.get("options", {}))
+    first = _FirstBatch(_train_batches(loop, options)) if options.feed == "direct" else None
     with timed(loop.startup, "worker_tensorflow_s"):
         _configure_tensorflow(options, loop.cfg.seed)
     with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
         restore_or_build(loop, loop_config.get("resume_checkpoint"))
     with timed(loop.startup, "worker_datasets_s"):
-        data = _datasets(loop, options)
+        data = _datasets(loop, options, first)
     hooks = hooklib.HookList(hooklib.default_hooks(loop, loop_config.get("hooks")))
     hooks.on_train_begin(loop)
     if loop.start_epoch >= loop.cfg.epochs:
@@ -414,12 +416,14 @@ def batchnorm_sync(strategy, model):
 # =========================================================================== data
 
 
-def _datasets(loop: WorkerLoop, options: LoopOptions) -> dict[str, Any]:
-    """Per-epoch iterables of distributed batches over this worker's Ray Data shards."""
+def _datasets(loop: WorkerLoop, options: LoopOptions, first: _FirstBatch | None = None) -> dict[str, Any]:
+    """Per-epoch iterables of distributed batches over this worker's Ray Data shards;
+    ``first``: the training shard's first epoch, already started (direct feed only)."""
     import ray.train
 
     feed = _direct if options.feed == "direct" else _distributed
-    out = {"train": feed(loop, options, ray.train.get_dataset_shard("train"), training=True)}
+    started = {"first": first} if first is not None else {}
+    out = {"train": feed(loop, options, ray.train.get_dataset_shard("train"), training=True, **started)}
     if loop.val_rows:  # 0: no validation split (too small to split across the workers)
         out["val"] = feed(loop, options, ray.train.get_dataset_shard("val"), training=False)
     if options.persistent_iterator and options.feed == "tf.data":
@@ -434,8 +438,9 @@ class _direct:
     shard within ``LoopOptions.val_cache_mb`` is kept from its first pass: later
     epochs skip starting a Ray Data execution for it (0.2-0.5 s an epoch here)."""
 
-    def __init__(self, loop: WorkerLoop, options: LoopOptions, shard, training: bool):
+    def __init__(self, loop: WorkerLoop, options: LoopOptions, shard, training: bool, first: _FirstBatch | None = None):
         self.loop, self.shard, self.training, self.prefetch = loop, shard, training, max(0, options.prefetch)
+        self.first = first  # the first epoch of a training shard, already started
         self.per_worker = loop.global_batch // loop.world
         self.local_replicas = max(1, loop.strategy.num_replicas_in_sync // loop.world)
         # Decided from global figures, so every rank decides alike (a rank still
@@ -449,9 +454,13 @@ class _direct:
             yield from self.kept
             return
         kept = [] if self.keep else None
-        shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
-        for x, y in shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
-                                  prefetch=self.prefetch):
+        if self.first is not None:
+            source, self.first = self.first.batches(), None
+        else:
+            shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
+            source = shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
+                                   prefetch=self.prefetch)
+        for x, y in source:
             batch = self._distribute(x, y)
             if kept is not None:
                 kept.append(batch)
@@ -471,6 +480,42 @@ class _direct:
 
         values = self.loop.strategy.experimental_distribute_values_from_function
         return values(lambda ctx: part(ctx, xs)), values(lambda ctx: part(ctx, ys))
+
+
+def _train_batches(loop: WorkerLoop, options: LoopOptions):
+    """One epoch of this worker's training shard as the direct feed reads it."""
+    import ray.train
+
+    per_worker = loop.global_batch // loop.world
+    return shard_batches(ray.train.get_dataset_shard("train"), per_worker, shuffle_buffer=_shuffle_buffer(per_worker),
+                         drop_last=True, prefetch=max(0, options.prefetch))
+
+
+class _FirstBatch:
+    """The first epoch's first batch, fetched in a thread while TensorFlow loads and
+    the model is built: a shard's first Ray Data execution waits 1-2 s on other
+    processes (the split coordinator starting its executor and tasks), which used to
+    follow the model build as epoch 1's data wait. The rest of the epoch comes from
+    the same iterator; an error in the thread is raised where the batches are read."""
+
+    def __init__(self, batches):
+        self._batches, self._first, self._error = batches, None, None
+        self._thread = threading.Thread(target=self._fetch, name="imgrec-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first = next(self._batches, None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in batches()
+            self._error = exc
+
+    def batches(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._first is not None:
+            yield self._first
+            yield from self._batches
 
 
 def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):
