@@ -21,6 +21,8 @@ PREDICT_OPTIONS: tuple[Option, ...] = (
     Option("cpus", ("num_cpus",), "CPUs per model actor."),
     Option("gpus", ("num_gpus",), "GPUs per model actor (0.5 shares a GPU between two)."),
     Option("top_k", ("top_k",), "Classes kept per image in topk_classes/topk_probs."),
+    Option("tta", ("tta",), "Test-time augmentation: none, or flip (each image scored as the mean of its own "
+           "and its mirror image's probabilities; for photos, not text)."),
     Option("files_per_output", ("files_per_output",), "About this many rows per part file (the resume unit)."),
     Option("resume", ("resume",), "Skip parts an earlier run already wrote (--no-resume deletes them and "
            "starts over).", flags=("--resume/--no-resume",)),

@@ -69,6 +69,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("resume", ("resume",), "Continue a run (run or checkpoint URI)."),
     Option("max_failures", ("max_failures",), "Worker-group restarts from the last checkpoint."),
     Option("evaluate", ("evaluate",), "Evaluate on the test tree at the end."),
+    Option("tta", ("tta",), "Test-time augmentation of the evaluation: none, or flip (each image scored as the "
+           "mean of its own and its mirror image's probabilities; for photos, not text)."),
     Option("report", ("report",), "Write plots and report.html."),
     Option("tracking", ("tracking",), "Log to MLflow (a sweep: a parent run, a child per trial): a server "
            "(http://host:5000), a local folder (./mlruns) or sqlite:///mlflow.db; needs mlflow-skinny (the tracking extra)."),

@@ -58,6 +58,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     _base("validation_split"),
     Option("seed", ("base.seed", "seed"), "Training and search seed."),
     Option("evaluate", ("evaluate",), "Evaluate the best checkpoint on the test tree."),
+    _base("tta"),
     _base("tracking"),
 )
 

@@ -241,6 +241,7 @@ class TrainConfig:
     resume: str | None = None  # run or checkpoint URI to continue from
     max_failures: int = 1  # Ray restarts the worker group from the last checkpoint
     evaluate: bool = True  # evaluate on <data>/test or a manifest's test rows (else the validation split) at the end
+    tta: str = "none"  # the evaluation's test-time augmentation (TTA_MODES)
     report: bool = True
     # Loss weight per class: "none" | "balanced" (n / (classes * count), training split) | JSON
     # '{"cat": 1, "dog": 3}' (or that dict; unnamed classes weigh 1). See resolve_class_weights.
@@ -252,6 +253,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.workers = parse_workers(self.workers)
         parse_class_weight(self.class_weight)
+        check_tta(self.tta)
         if self.workers != "auto" and self.batch_size < self.workers:
             raise ConfigError(
                 f"batch_size {self.batch_size} is the global batch and must be >= workers ({self.workers})",
@@ -396,6 +398,16 @@ SCRATCH_RECIPE: dict[str, Any] = {
     "warmup_epochs": 1, "weight_decay": 0.05, "label_smoothing": 0.1, "batch_size": 64,
 }
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+# Test-time augmentation of evaluation and prediction: "flip" scores each image as the mean of
+# its own and its mirror image's class probabilities (for photos; not for text or digits).
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(value: str, name: str = "tta") -> str:
+    if value not in TTA_MODES:
+        raise ConfigError(f"{name} must be one of {', '.join(TTA_MODES)}, got {value!r}", name)
+    return value
+
 
 
 def parse_workers(value: int | str) -> int | str:
@@ -544,8 +556,10 @@ class PredictConfig:
     files_per_output: int = 10_000  # about this many rows per part file (N/2 .. 2N)
     resume: bool = True  # keep finished parts of an earlier run into the same output
     all_files: bool = False  # walk every file, not only image endings (non-images become error rows)
+    tta: str = "none"  # test-time augmentation (TTA_MODES)
 
     def __post_init__(self) -> None:
+        check_tta(self.tta)
         for name in ("batch_size", "actors", "top_k", "files_per_output"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}", name)

@@ -17,13 +17,14 @@ from imgrec.predict import predict_dataset
 
 
 def evaluate_dataset(ds, model_uri: str, class_names: list[str], *, actors: int = 1,
-                     batch_size: int = 64, gallery: Gallery | None = None) -> dict[str, Any]:
+                     batch_size: int = 64, gallery: Gallery | None = None, tta: str = "none") -> dict[str, Any]:
     """Predict a decoded, labelled Ray dataset with the model actors and score it.
     With ``gallery``, each scored batch also passes through it (it keeps only the
-    images it will show)."""
+    images it will show); ``tta``: the predictions' test-time augmentation
+    (``imgrec.predict.Predictor``), recorded in the metrics."""
     labels, probs = [], []
     wanted = ["image", "label"] + (["path"] if gallery is not None else [])
-    scored = predict_dataset(ds.select_columns(wanted), model_uri, actors=actors, batch_size=batch_size)
+    scored = predict_dataset(ds.select_columns(wanted), model_uri, actors=actors, batch_size=batch_size, tta=tta)
     if gallery is None:
         scored = scored.drop_columns(["image"])  # pixels stay in the actors
     for batch in scored.iter_batches(batch_size=1024, batch_format="numpy"):
@@ -33,7 +34,7 @@ def evaluate_dataset(ds, model_uri: str, class_names: list[str], *, actors: int 
             gallery.add(batch["path"], batch["label"], batch["probs"], batch["image"])
     labels_arr = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     probs_arr = np.concatenate(probs) if probs else np.zeros((0, len(class_names)), np.float32)
-    return classification_metrics(labels_arr, probs_arr, class_names)
+    return {**classification_metrics(labels_arr, probs_arr, class_names), "tta": tta}
 
 
 def add_heatmaps(gallery: Gallery, model_uri: str) -> bool:
@@ -63,7 +64,7 @@ def evaluate_run(result, data, cfg) -> dict[str, Any]:
     if ds is None:
         return {}
     gallery = Gallery(data.class_names)
-    metrics = evaluate_dataset(ds, result.best_checkpoint, data.class_names, gallery=gallery)
+    metrics = evaluate_dataset(ds, result.best_checkpoint, data.class_names, gallery=gallery, tta=cfg.tta)
     add_heatmaps(gallery, result.best_checkpoint)
     metrics.update(split=split, checkpoint=result.best_checkpoint, gallery=gallery.write(result.run_uri))
     storage.atomic_write(RunLayout(result.run_uri).evaluation, json.dumps(metrics, indent=1))

@@ -130,6 +130,7 @@ def _balance_table(test: dict[str, Any], cfg) -> str:
                                                    ("macro_f1", "macro-F1")) if key in test]
     weight = getattr(cfg, "class_weight", "none")
     rows.append(["class weight", weight if isinstance(weight, str) else json.dumps(weight)])
+    rows.append(["test-time augmentation", test.get("tta", "none")])
     return html_table(rows, ["score", "value"])
 
 

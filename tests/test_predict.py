@@ -354,3 +354,42 @@ def test_job_entry_point_parses_into_the_config():
                           "--actors", "2", "--gpus", "0.5", "--top-k", "3", "--no-resume"])
     assert cfg == PredictConfig(model="s3://b/runs/r", input="s3://b/in", output="s3://b/out", actors=2,
                                 num_gpus=0.5, top_k=3, resume=False)
+
+
+def _decoded(files: dict[str, bytes], names: list[str]) -> np.ndarray:
+    from imgrec.decode import decode_image
+
+    return np.stack([decode_image(files[n], DecodeConfig(image_size=SIZE)) for n in names])
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(model_run, image_tree):
+    """Evaluation's scorer (``Predictor``): with tta "flip" each image's probabilities
+    are the mean of the model's on it and on its left-right mirror."""
+    run, ckpt_dir, model = model_run
+    root, files = image_tree
+    names = [f"{c}/{i:03d}.jpg" for c in CLASSES for i in range(2)]
+    images = _decoded(files, names)
+    plain = model.predict(images, verbose=0)
+    expected = (plain + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    got = P.Predictor(ckpt_dir, tta="flip")({"image": images})["probs"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - plain).max() > 1e-4  # the mirror changed something
+    np.testing.assert_allclose(P.Predictor(ckpt_dir)({"image": images})["probs"], plain, atol=1e-5)
+
+
+def test_predict_bucket_with_flip_tta(ray_cluster, model_run, image_tree, tmp_path):
+    run, ckpt_dir, model = model_run
+    root, files = image_tree
+    out = str(tmp_path / "out")
+    P.predict_bucket(PredictConfig(model=run, input=root, output=out, top_k=3, tta="flip"), progress=False)
+    df = P.read_predictions(out)
+    rows = [(os.path.relpath(p, root), r) for p, r in zip(df["path"], df.to_dict("records"), strict=True)
+            if r["topk_classes"] is not None and not os.path.relpath(p, root).startswith("misc")]
+    images = _decoded(files, [rel for rel, _ in rows])
+    expected = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(np.stack([_class_order_probs(r) for _, r in rows]), expected, atol=1e-5)
+
+
+def test_an_unknown_tta_is_a_one_line_error_naming_the_option():
+    with pytest.raises(ConfigError, match="tta must be one of none, flip, got 'rotate'"):
+        PredictConfig(model="m", input="i", output="o", tta="rotate")

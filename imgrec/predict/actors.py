@@ -13,7 +13,7 @@ import numpy as np
 
 from imgrec import checkpoint as ckpt
 from imgrec import console
-from imgrec.config import DecodeConfig, from_dict
+from imgrec.config import DecodeConfig, check_tta, from_dict
 from imgrec.models import class_probabilities
 from imgrec.predict.columns import Column, Scored, model_table
 
@@ -30,30 +30,40 @@ def decode_config(manifest: dict[str, Any]) -> DecodeConfig:
 class Predictor:
     """Ray Data actor UDF: ``{"image": uint8 NxHxWx3, ...}`` -> adds ``probs`` (N, C).
 
-    Loads the model once per actor (S3 checkpoints are cached per node)."""
+    Loads the model once per actor (S3 checkpoints are cached per node). ``tta``:
+    ``"flip"`` scores each image as the mean of its own and its mirror image's
+    class probabilities (``config.TTA_MODES``), at twice the model calls."""
 
-    def __init__(self, model_uri: str, *, batch_size: int = 64):
+    def __init__(self, model_uri: str, *, batch_size: int = 64, tta: str = "none"):
         os.environ.update(console.quiet_env())
         self.model, self.manifest = ckpt.load(model_uri, compile=False)
-        self.batch_size = batch_size
+        self.batch_size, self.tta = batch_size, check_tta(tta)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) of uint8 images (N, H, W, 3)."""
+        probs = class_probabilities(np.asarray(self.model.predict_on_batch(images)))
+        if self.tta == "flip":
+            mirrored = class_probabilities(np.asarray(self.model.predict_on_batch(images[:, :, ::-1])))
+            probs = (probs + mirrored) / 2
+        return probs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = batch["image"]
         if len(images) == 0:
             probs = np.zeros((0, len(self.manifest["class_names"])), np.float32)
         else:
-            probs = class_probabilities(np.asarray(self.model.predict_on_batch(images)))
+            probs = self.probabilities(images)
         out = dict(batch)
         out["probs"] = probs.astype(np.float32)
         return out
 
 
 def predict_dataset(ds, model_uri: str, *, actors: int = 1, batch_size: int = 64, num_cpus: float = 1,
-                    num_gpus: float = 0):
+                    num_gpus: float = 0, tta: str = "none"):
     """Add a ``probs`` column to a decoded dataset, with a pool of model actors."""
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model_uri": model_uri, "batch_size": batch_size},
+        fn_constructor_kwargs={"model_uri": model_uri, "batch_size": batch_size, "tta": tta},
         batch_size=batch_size,
         batch_format="numpy",
         compute=actor_pool(actors),
@@ -75,8 +85,9 @@ class BucketPredictor(Predictor):
     Only rows that decoded go through the model; pixels are dropped here so only
     small result rows travel back to the driver."""
 
-    def __init__(self, model_uri: str, *, columns: list[Column], batch_size: int = 64, top_k: int = 5):
-        super().__init__(model_uri, batch_size=batch_size)
+    def __init__(self, model_uri: str, *, columns: list[Column], batch_size: int = 64, top_k: int = 5,
+                 tta: str = "none"):
+        super().__init__(model_uri, batch_size=batch_size, tta=tta)
         self.class_names = list(self.manifest["class_names"])
         self.top_k = min(int(top_k), len(self.class_names))
         self.columns = columns
@@ -88,8 +99,7 @@ class BucketPredictor(Predictor):
         ok = np.array([e is None for e in errors], dtype=bool)
         probs = np.zeros((len(errors), len(self.class_names)), np.float32)
         if ok.any():
-            outputs = np.asarray(self.model.predict_on_batch(batch["image"][ok]))
-            probs[ok] = class_probabilities(outputs)
+            probs[ok] = self.probabilities(batch["image"][ok])
         # Stable sort: ties resolve to the lower index, as argmax does in the metrics.
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
         top = np.take_along_axis(probs, order, axis=1)

@@ -96,7 +96,7 @@ class Runner:
         ds = ds.map_batches(
             BucketPredictor,
             fn_constructor_kwargs={"model_uri": self.ref.uri, "batch_size": self.cfg.batch_size,
-                                   "top_k": self.cfg.top_k, "columns": self.columns},
+                                   "top_k": self.cfg.top_k, "columns": self.columns, "tta": self.cfg.tta},
             batch_size=self.cfg.batch_size,
             batch_format="numpy",
             compute=actor_pool(self.cfg.actors),

@@ -118,16 +118,15 @@ def _best(rows: list[dict[str, Any]], cfg: SweepConfig, data) -> dict[str, Any] 
     if previous.get("checkpoint") == ref.uri and previous.get("test_metrics"):
         best["test_metrics"] = previous["test_metrics"]  # a resumed sweep: evaluated already
     elif cfg.evaluate:
-        best["test_metrics"] = _evaluate_best(ref.uri, data)
+        best["test_metrics"] = _evaluate_best(ref.uri, data, cfg.base.tta)
     return best
 
 
-def _evaluate_best(checkpoint: str, data) -> dict[str, Any]:
-
+def _evaluate_best(checkpoint: str, data, tta: str = "none") -> dict[str, Any]:
     split, ds = ("test", data.test) if data.test is not None else ("val", data.val)
     if ds is None:
         return {}
-    metrics = evaluate_dataset(ds, checkpoint, data.class_names)
+    metrics = evaluate_dataset(ds, checkpoint, data.class_names, tta=tta)
     metrics.update(split=split, checkpoint=checkpoint)
     print(f"[imgrec] best checkpoint: {split} accuracy {metrics['accuracy']:.4f} on {metrics['count']} images",
           flush=True)
