@@ -46,7 +46,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: build or restore, then epochs with hooks."""
     loop = _worker_loop(loop_config)
     options = LoopOptions(**loop_config.get("options", {}))
-    first = _FirstBatch(_train_batches(loop, options)) if options.feed == "direct" else None
+    first = _FirstBatch(_train_shard_epoch(loop, options)) if options.feed == "direct" else None
     with timed(loop.startup, "worker_tensorflow_s"):
         _configure_tensorflow(options, loop.cfg.seed)
     with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
@@ -457,9 +457,7 @@ class _direct:
         if self.first is not None:
             source, self.first = self.first.batches(), None
         else:
-            shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
-            source = shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
-                                   prefetch=self.prefetch)
+            source = _epoch_batches(self.shard, self.per_worker, self.training, self.prefetch)
         for x, y in source:
             batch = self._distribute(x, y)
             if kept is not None:
@@ -482,13 +480,18 @@ class _direct:
         return values(lambda ctx: part(ctx, xs)), values(lambda ctx: part(ctx, ys))
 
 
-def _train_batches(loop: WorkerLoop, options: LoopOptions):
-    """One epoch of this worker's training shard as the direct feed reads it."""
+def _epoch_batches(shard, per_worker: int, training: bool, prefetch: int):
+    """One epoch of a shard as the direct feed reads it: training shuffled locally, full batches only."""
+    shuffle = _shuffle_buffer(per_worker) if training else 0
+    return shard_batches(shard, per_worker, shuffle_buffer=shuffle, drop_last=training, prefetch=prefetch)
+
+
+def _train_shard_epoch(loop: WorkerLoop, options: LoopOptions):
+    """One epoch of this worker's training shard, as ``_direct`` would read it."""
     import ray.train
 
-    per_worker = loop.global_batch // loop.world
-    return shard_batches(ray.train.get_dataset_shard("train"), per_worker, shuffle_buffer=_shuffle_buffer(per_worker),
-                         drop_last=True, prefetch=max(0, options.prefetch))
+    return _epoch_batches(ray.train.get_dataset_shard("train"), loop.global_batch // loop.world, True,
+                          max(0, options.prefetch))
 
 
 class _FirstBatch:
