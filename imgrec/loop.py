@@ -46,13 +46,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: build or restore, then epochs with hooks."""
     loop = _worker_loop(loop_config)
     options = LoopOptions(**loop_config.get("options", {}))
-    first = _FirstBatch(_train_shard_epoch(loop, options)) if options.feed == "direct" else None
+    # The direct feed starts its first epoch now, in a thread (_FirstBatch), beside TensorFlow's set-up
+    started = _direct.started(loop, options) if options.feed == "direct" else None
     with timed(loop.startup, "worker_tensorflow_s"):
         _configure_tensorflow(options, loop.cfg.seed)
     with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
         restore_or_build(loop, loop_config.get("resume_checkpoint"))
     with timed(loop.startup, "worker_datasets_s"):
-        data = _datasets(loop, options, first)
+        data = _datasets(loop, options, started)
     hooks = hooklib.HookList(hooklib.default_hooks(loop, loop_config.get("hooks")))
     hooks.on_train_begin(loop)
     if loop.start_epoch >= loop.cfg.epochs:
@@ -416,14 +417,13 @@ def batchnorm_sync(strategy, model):
 # =========================================================================== data
 
 
-def _datasets(loop: WorkerLoop, options: LoopOptions, first: _FirstBatch | None = None) -> dict[str, Any]:
+def _datasets(loop: WorkerLoop, options: LoopOptions, train: _direct | None = None) -> dict[str, Any]:
     """Per-epoch iterables of distributed batches over this worker's Ray Data shards;
-    ``first``: the training shard's first epoch, already started (direct feed only)."""
+    ``train``: the training feed, made (and its first epoch started) already."""
     import ray.train
 
     feed = _direct if options.feed == "direct" else _distributed
-    started = {"first": first} if first is not None else {}
-    out = {"train": feed(loop, options, ray.train.get_dataset_shard("train"), training=True, **started)}
+    out = {"train": train or feed(loop, options, ray.train.get_dataset_shard("train"), training=True)}
     if loop.val_rows:  # 0: no validation split (too small to split across the workers)
         out["val"] = feed(loop, options, ray.train.get_dataset_shard("val"), training=False)
     if options.persistent_iterator and options.feed == "tf.data":
@@ -438,11 +438,10 @@ class _direct:
     shard within ``LoopOptions.val_cache_mb`` is kept from its first pass: later
     epochs skip starting a Ray Data execution for it (0.2-0.5 s an epoch here)."""
 
-    def __init__(self, loop: WorkerLoop, options: LoopOptions, shard, training: bool, first: _FirstBatch | None = None):
+    def __init__(self, loop: WorkerLoop, options: LoopOptions, shard, training: bool):
         self.loop, self.shard, self.training, self.prefetch = loop, shard, training, max(0, options.prefetch)
-        self.first = first  # the first epoch of a training shard, already started
+        self.first: _FirstBatch | None = None  # the next epoch, already started in a thread
         self.per_worker = loop.global_batch // loop.world
-        self.local_replicas = max(1, loop.strategy.num_replicas_in_sync // loop.world)
         # Decided from global figures, so every rank decides alike (a rank still
         # iterating the shard would wait forever for the others at Ray's split barrier).
         h, w = loop.cfg.data.decode.image_size
@@ -454,10 +453,7 @@ class _direct:
             yield from self.kept
             return
         kept = [] if self.keep else None
-        if self.first is not None:
-            source, self.first = self.first.batches(), None
-        else:
-            source = _epoch_batches(self.shard, self.per_worker, self.training, self.prefetch)
+        source, self.first = (self.first.batches() if self.first else self._epoch()), None
         for x, y in source:
             batch = self._distribute(x, y)
             if kept is not None:
@@ -465,33 +461,36 @@ class _direct:
             yield batch
         self.kept = kept  # only after a whole pass
 
+    @classmethod
+    def started(cls, loop: WorkerLoop, options: LoopOptions) -> _direct:
+        """The training feed with its first epoch started in a thread (``_FirstBatch``):
+        made before the model, so it needs no strategy yet."""
+        import ray.train
+
+        feed = cls(loop, options, ray.train.get_dataset_shard("train"), training=True)
+        feed.first = _FirstBatch(feed._epoch())
+        return feed
+
+    def _epoch(self):
+        """One epoch of the shard: training shuffled locally, full batches only."""
+        shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
+        return shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
+                             prefetch=self.prefetch)
+
     def _distribute(self, x, y):
         import tensorflow as tf
 
-        if self.local_replicas == 1:
+        local_replicas = max(1, self.loop.strategy.num_replicas_in_sync // self.loop.world)
+        if local_replicas == 1:
             return tf.constant(x), tf.constant(y)
-        first = self.loop.rank * self.local_replicas  # this worker's first global replica id
-        xs, ys = np.array_split(x, self.local_replicas), np.array_split(y, self.local_replicas)
+        first = self.loop.rank * local_replicas  # this worker's first global replica id
+        xs, ys = np.array_split(x, local_replicas), np.array_split(y, local_replicas)
 
         def part(ctx, parts):
             return tf.constant(parts[ctx.replica_id_in_sync_group - first])
 
         values = self.loop.strategy.experimental_distribute_values_from_function
         return values(lambda ctx: part(ctx, xs)), values(lambda ctx: part(ctx, ys))
-
-
-def _epoch_batches(shard, per_worker: int, training: bool, prefetch: int):
-    """One epoch of a shard as the direct feed reads it: training shuffled locally, full batches only."""
-    shuffle = _shuffle_buffer(per_worker) if training else 0
-    return shard_batches(shard, per_worker, shuffle_buffer=shuffle, drop_last=training, prefetch=prefetch)
-
-
-def _train_shard_epoch(loop: WorkerLoop, options: LoopOptions):
-    """One epoch of this worker's training shard, as ``_direct`` would read it."""
-    import ray.train
-
-    return _epoch_batches(ray.train.get_dataset_shard("train"), loop.global_batch // loop.world, True,
-                          max(0, options.prefetch))
 
 
 class _FirstBatch:

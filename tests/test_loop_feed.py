@@ -53,11 +53,10 @@ def test_training_and_large_validation_splits_stream_every_epoch(ray_cluster, va
 def test_the_first_training_epoch_started_early_is_the_whole_epoch_then_the_shard_again(ray_cluster):
     """``_FirstBatch`` starts epoch 1 in a thread while the model builds: the feed's
     first pass yields every full batch of it, the next pass reads the shard anew."""
-    from imgrec.data import shard_batches
     from imgrec.loop import _FirstBatch
 
     feed = _feed(rows=10, val_cache_mb=0, training=True)
-    feed.first = _FirstBatch(shard_batches(feed.shard, 4, drop_last=True))
+    feed.first = _FirstBatch(feed._epoch())  # as _direct.started does, once the shard is Ray Train's
     assert [len(y) for _, y in _rows(feed)] == [4, 4]  # 10 rows, drop_last: two full batches
     assert feed.first is None
     feed.shard = _NoMorePasses()
