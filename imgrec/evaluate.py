@@ -56,11 +56,16 @@ def add_heatmaps(gallery: Gallery, model_uri: str) -> bool:
     return True
 
 
+def evaluation_split(data) -> tuple[str, Any]:
+    """What a finished run or sweep is scored on: the test split, else the validation split."""
+    return ("test", data.test) if data.test is not None else ("val", data.val)
+
+
 def evaluate_run(result, data, cfg) -> dict[str, Any]:
     """Score a finished run's best checkpoint on the test tree (or, without one,
     the validation split), write the gallery's thumbnails and ``evaluation.json``
     (its ``gallery`` record: what the report shows) into the run folder."""
-    split, ds = ("test", data.test) if data.test is not None else ("val", data.val)
+    split, ds = evaluation_split(data)
     if ds is None:
         return {}
     gallery = Gallery(data.class_names)

@@ -13,7 +13,7 @@ from typing import Any
 from imgrec import checkpoint as ckpt
 from imgrec import storage
 from imgrec.config import SweepConfig
-from imgrec.evaluate import evaluate_dataset
+from imgrec.evaluate import evaluate_dataset, evaluation_split
 from imgrec.layout import SweepLayout
 from imgrec.report import figure_bytes
 from imgrec.text_table import text_table
@@ -123,7 +123,7 @@ def _best(rows: list[dict[str, Any]], cfg: SweepConfig, data) -> dict[str, Any] 
 
 
 def _evaluate_best(checkpoint: str, data, tta: str = "none") -> dict[str, Any]:
-    split, ds = ("test", data.test) if data.test is not None else ("val", data.val)
+    split, ds = evaluation_split(data)
     if ds is None:
         return {}
     metrics = evaluate_dataset(ds, checkpoint, data.class_names, tta=tta)
