@@ -55,6 +55,10 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("warmup_epochs", ("warmup_epochs",), "Cosine schedule: epochs of linear warmup from 0 first."),
     Option("weight_decay", ("weight_decay",), "Decoupled weight decay on kernels (not BatchNorm or biases)."),
     Option("label_smoothing", ("label_smoothing",), "Label smoothing of the training loss."),
+    Option("mixup", ("mixup",), "Mixup alpha: each training image blended with another, the labels in the same "
+           "proportion ~ Beta(a, a) (0: off; e.g. 0.2-1.0)."),
+    Option("cutmix", ("cutmix",), "CutMix alpha: a box of another training image pasted in, the labels by its "
+           "area (0: off; e.g. 1.0). With --mixup too, each image takes one of the two."),
     Option("early_stopping", ("early_stopping_patience",), "Stop after N epochs without val_accuracy gain."),
     Option("head_epochs", ("head_epochs",), "Two-stage: epochs training the head only first; auto: a third of "
            "the epochs with pretrained weights and a freeze depth that fine-tunes blocks.", kind=str,

@@ -230,6 +230,10 @@ class TrainConfig:
     # Decoupled weight decay (the optimizer's own), on kernels only: never BatchNorm or biases.
     weight_decay: float = 0.0
     label_smoothing: float = 0.0  # training loss only; validation and test losses stay plain
+    # Mixing training images (imgrec.augment.mix), each a Beta(a, a) alpha; 0: off. With both,
+    # each image takes one of the two at p = 0.5. Its labels become soft targets.
+    mixup: float = 0.0  # blend with another image, the labels in the same proportion
+    cutmix: float = 0.0  # paste a box of another image, the labels by the box's area
     early_stopping_patience: int | None = None  # epochs without val_accuracy gain
     # two-stage transfer: epochs with the backbone frozen first; "auto": a third of the
     # epochs when pretrained weights meet a freeze depth that leaves blocks to fine-tune
@@ -268,6 +272,11 @@ class TrainConfig:
         self._check_counts()
         self._check_rates()
 
+    @property
+    def mixes(self) -> bool:
+        """Whether training mixes images (mixup or CutMix): its labels are soft targets."""
+        return float(self.mixup) > 0 or float(self.cutmix) > 0
+
     def head_epoch_count(self) -> int:
         """``head_epochs`` resolved: ``"auto"`` is a third of the epochs (at least one)
         where pretrained weights meet a freeze depth that leaves part of the backbone
@@ -302,6 +311,10 @@ class TrainConfig:
         if not 0 <= float(self.label_smoothing) < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), e.g. 0.1, got {self.label_smoothing!r}",
                               "label_smoothing")
+        for name in ("mixup", "cutmix"):
+            if not 0 <= float(getattr(self, name)) < math.inf:
+                raise ConfigError(f"{name} is a Beta(a, a) alpha and must be >= 0 (0: off; e.g. 1.0), got "
+                                  f"{getattr(self, name)!r}", name)
         if not 0 <= float(self.gpus_per_worker) < math.inf:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}", "gpus_per_worker")
         if not str(self.storage).strip():

@@ -336,27 +336,34 @@ def split_allreduce(metrics: dict[str, Any], per_step_s: float, steps: int) -> N
 
 
 def per_example_loss(num_classes: int, label_smoothing: float = 0.0):
-    """``(y, probs) -> per-example cross-entropy`` for integer labels; ``label_smoothing``
-    mixes the one-hot target with the uniform one (Keras' own ``label_smoothing``)."""
+    """``(y, probs) -> per-example cross-entropy`` for integer labels, or for soft
+    targets (float (N, classes): mixed images, ``imgrec.augment.mix``); ``label_smoothing``
+    mixes the target with the uniform one (Keras' own ``label_smoothing``)."""
     import keras
     import tensorflow as tf
 
     smooth = float(label_smoothing)
 
     def categorical(y, probs):
-        if not smooth:
+        if not _soft(y) and not smooth:
             return keras.losses.sparse_categorical_crossentropy(y, probs)
-        target = tf.one_hot(y, probs.shape[-1], dtype=probs.dtype)
+        target = tf.cast(y, probs.dtype) if _soft(y) else tf.one_hot(y, probs.shape[-1], dtype=probs.dtype)
         return keras.losses.categorical_crossentropy(target, probs, label_smoothing=smooth)
 
     if num_classes == 2:
         def binary(y, probs):
-            if probs.shape[-1] == 1:
-                return keras.losses.binary_crossentropy(tf.cast(y[:, None], probs.dtype), probs,
+            if probs.shape[-1] == 1:  # one sigmoid unit: the target is class 1's share
+                target = y[:, 1:] if _soft(y) else y[:, None]
+                return keras.losses.binary_crossentropy(tf.cast(target, probs.dtype), probs,
                                                         label_smoothing=smooth)
             return categorical(y, probs)
         return binary
     return categorical
+
+
+def _soft(y) -> bool:
+    """Soft targets (one row of class shares per example), not integer labels."""
+    return y.dtype.is_floating
 
 
 def class_weighting(class_weights: list[float] | None):
@@ -371,7 +378,9 @@ def class_weighting(class_weights: list[float] | None):
     table = tf.constant(class_weights, tf.float32)
 
     def weigh(y, per_example):
-        return per_example * tf.cast(tf.gather(table, y), per_example.dtype)
+        # a soft target weighs its classes' weights in its shares: a mixed pair, its mix of the two
+        weight = tf.linalg.matvec(tf.cast(y, tf.float32), table) if _soft(y) else tf.gather(table, y)
+        return per_example * tf.cast(weight, per_example.dtype)
 
     return weigh
 
@@ -380,6 +389,8 @@ def correct_counter(num_classes: int):
     import tensorflow as tf
 
     def correct_count(y, probs):
+        if _soft(y):  # mixed images count as correct for their larger share's class
+            y = tf.argmax(y, axis=-1)
         if num_classes == 2 and probs.shape[-1] == 1:
             pred = tf.cast(probs[:, 0] > 0.5, tf.int64)
         else:
@@ -475,7 +486,7 @@ class _direct:
         """One epoch of the shard: training shuffled locally, full batches only."""
         shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
         return shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
-                             prefetch=self.prefetch)
+                             prefetch=self.prefetch, soft=self.training and self.loop.cfg.mixes)
 
     def _distribute(self, x, y):
         import tensorflow as tf
@@ -525,11 +536,14 @@ def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):
 
     image_size = tuple(loop.cfg.data.decode.image_size)
     endless = training and options.persistent_iterator
+    soft = training and loop.cfg.mixes
+    labels = (tf.TensorSpec((None, len(loop.class_names)), tf.float32) if soft
+              else tf.TensorSpec((None,), tf.int64))
 
     def batches(per_replica: int):
         shuffle = _shuffle_buffer(per_replica) if training else 0
         while True:
-            yield from shard_batches(shard, per_replica, shuffle_buffer=shuffle, drop_last=training)
+            yield from shard_batches(shard, per_replica, shuffle_buffer=shuffle, drop_last=training, soft=soft)
             if not endless:
                 return
 
@@ -537,7 +551,7 @@ def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):
         per_replica = input_context.get_per_replica_batch_size(loop.global_batch)
         ds = tf.data.Dataset.from_generator(
             lambda: batches(per_replica),
-            output_signature=(tf.TensorSpec((None, *image_size, 3), tf.uint8), tf.TensorSpec((None,), tf.int64)),
+            output_signature=(tf.TensorSpec((None, *image_size, 3), tf.uint8), labels),
         )
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -14,6 +14,7 @@ import numpy as np
 
 from imgrec import checkpoint as ckpt
 from imgrec import console, evaluate, models, preflight, report, storage, tracking
+from imgrec.augment import Mixing
 from imgrec.config import (
     ConfigError,
     TrainConfig,
@@ -96,7 +97,8 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
         raise ValueError(f"only {data.counts['train']} training images for a global batch of {cfg.batch_size}; "
                          "lower --batch-size")
     class_weights = _class_weights(cfg, data)  # before Ray Train starts: an unknown class name is refused here
-    datasets = {"train": augmented(data.train, cfg.augment, tasks=data_tasks)}
+    mixing = Mixing(len(data.class_names), cfg.mixup, cfg.cutmix) if cfg.mixes else None
+    datasets = {"train": augmented(data.train, cfg.augment, tasks=data_tasks, mixing=mixing)}
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
     progress = TrainingProgress()  # the board rank 0 reports to; drawn here while fit() runs

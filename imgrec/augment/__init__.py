@@ -31,13 +31,17 @@ Semantics (Keras ``ImageDataGenerator`` unless noted):
   ``reflect`` (mirror including the edge pixel: d c b a | a b c d | d c b a),
   ``wrap`` (periodic tiling: a b c d | a b c d | a b c d).
 
+Mixup and CutMix (``mix``, ``Mixing``) act on the batch after these, pairing images
+and mixing their labels into soft targets; ``TrainConfig.mixup``/``cutmix`` turn them on.
+
 Modules: ``ops`` (the op classes and their registry), ``transforms`` (parameters,
-composition, applying), ``warp`` (the bilinear warp), ``udf`` (``Augmenter``),
-``preview`` (the grid, ``describe``).
+composition, applying), ``warp`` (the bilinear warp), ``mix`` (mixup, CutMix),
+``udf`` (``Augmenter``), ``preview`` (the grid, ``describe``).
 """
 
 from __future__ import annotations
 
+from imgrec.augment.mix import Mixing
 from imgrec.augment.ops import (
     FLIP_PROBABILITY,
     CliOption,
@@ -64,7 +68,7 @@ from imgrec.augment.transforms import _warp as _warp  # tests resample with exac
 from imgrec.augment.udf import Augmenter
 
 __all__ = [
-    "FLIP_PROBABILITY", "Augmenter", "CliOption", "FlipOp", "LinearOp", "Op", "PixelOp", "ShiftOp",
+    "FLIP_PROBABILITY", "Augmenter", "CliOption", "FlipOp", "LinearOp", "Mixing", "Op", "PixelOp", "ShiftOp",
     "TransformParams", "apply_transforms", "augment_batch", "describe", "inverse_matrices", "ops",
     "preset_names", "preview_grid", "random_transforms", "register_op", "registered", "save_preview",
     "unregister_op",

@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from imgrec.augment.mix import Mixing
 from imgrec.augment.transforms import augment_batch
 from imgrec.config import AugmentConfig, from_dict
 
 
 class Augmenter:
-    """``ds.map_batches(Augmenter(cfg))``: augments ``batch["image"]``.
+    """``ds.map_batches(Augmenter(cfg))``: augments ``batch["image"]``; with ``mixing``,
+    then mixes the batch's images (``imgrec.augment.mix``) and adds their soft
+    targets as ``batch["target"]`` (``batch["label"]`` stays each image's own).
 
     Without ``cfg.seed`` every call draws fresh OS entropy: use this for training.
     With a seed, the result is reproducible (same config, same call order, same
@@ -23,8 +26,9 @@ class Augmenter:
     re-runs the tasks each epoch, so with a seed the same batch gets the same
     augmentation every epoch unless ``salt`` changes (e.g. the epoch number)."""
 
-    def __init__(self, cfg: AugmentConfig | dict[str, Any], salt: int = 0):
+    def __init__(self, cfg: AugmentConfig | dict[str, Any], salt: int = 0, mixing: Mixing | None = None):
         self.cfg = from_dict(AugmentConfig, cfg) if isinstance(cfg, dict) else cfg
+        self.mixing = mixing
         self.salt = int(salt)
         self.calls = 0
 
@@ -34,7 +38,10 @@ class Augmenter:
             images = np.stack(list(images))
         rng = self._rng(batch)
         self.calls += 1
-        return {**batch, "image": augment_batch(images, self.cfg, rng)}
+        out = {**batch, "image": augment_batch(images, self.cfg, rng)}
+        if self.mixing is not None:
+            out["image"], out["target"] = self.mixing(out["image"], batch["label"], rng)
+        return out
 
     def _rng(self, batch: dict[str, np.ndarray]) -> np.random.Generator:
         if self.cfg.seed is None:

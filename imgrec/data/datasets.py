@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgrec.augment import Augmenter
+from imgrec.augment import Augmenter, Mixing
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
 from imgrec.data.manifest import list_images
 from imgrec.data.read import DecodeImages
@@ -313,10 +313,11 @@ def class_counts(records: list[dict], bad: list[dict[str, str]], n_classes: int)
     return [counts.get(i, 0) for i in range(n_classes)]
 
 
-def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None):
+def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None, mixing: Mixing | None = None):
     """The per-epoch part of the training pipeline: block order shuffled and
     images augmented again every time the dataset is iterated (lazy: nothing
-    runs until an epoch iterates it). ``tasks``: as ``load_dataset``'s.
+    runs until an epoch iterates it). ``tasks``: as ``load_dataset``'s;
+    ``mixing``: mixup/CutMix after the augmentation, adding soft ``target`` rows.
 
     Randomness across epochs:
 
@@ -335,10 +336,10 @@ def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None):
     seed = augment.seed
     blocks = _known_blocks(ds)
     ds = ds.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=int(seed)))
-    if not augment.enabled:
+    if not augment.enabled and mixing is None:
         return ds
 
-    udf = Augmenter(augment) if seed is None else _EpochSaltedAugmenter(augment)
+    udf = Augmenter(augment, mixing=mixing) if seed is None else _EpochSaltedAugmenter(augment, mixing)
     return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy",
                           compute=_pool(tasks, blocks))
 
@@ -361,9 +362,8 @@ def _known_blocks(ds) -> int | None:
 class _EpochSaltedAugmenter:
     """A seeded ``Augmenter`` whose salt is the current pass over the dataset."""
 
-    def __init__(self, augment: AugmentConfig):
-
-        self.augmenter = Augmenter(augment)
+    def __init__(self, augment: AugmentConfig, mixing: Mixing | None = None):
+        self.augmenter = Augmenter(augment, mixing=mixing)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.augmenter.salt = _execution_index()

@@ -23,9 +23,11 @@ def shard_batches(
     drop_last: bool = False,
     seed: int | None = None,
     prefetch: int = 2,
+    soft: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uint8 images, int labels) batches from a Ray Train dataset shard (or any
-    Ray dataset). ``shuffle_buffer`` > 0 gives a fresh local shuffle each epoch."""
+    Ray dataset). ``shuffle_buffer`` > 0 gives a fresh local shuffle each epoch;
+    ``soft``: the labels are the rows' float32 soft ``target`` (mixed training data)."""
     kwargs: dict[str, Any] = dict(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
                                   prefetch_batches=prefetch)
     if shuffle_buffer:
@@ -33,7 +35,7 @@ def shard_batches(
         if seed is not None:
             kwargs["local_shuffle_seed"] = seed
     for batch in shard.iter_batches(**kwargs):
-        yield batch["image"], batch["label"].astype(np.int64)
+        yield batch["image"], (batch["target"].astype(np.float32) if soft else batch["label"].astype(np.int64))
 
 
 def to_tf_dataset(shard, batch_size: int, image_size: tuple[int, int], **kwargs):
