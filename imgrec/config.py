@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+RANDAUGMENT_OPS = 14  # torchvision's RandAugment ops (imgrec.augment.ops.RandAugment)
+RANDAUGMENT_MAX_MAGNITUDE = 30  # its magnitude bins 0..30 (num_magnitude_bins=31)
 
 
 class ConfigError(ValueError):
@@ -102,6 +105,10 @@ class AugmentConfig:
     brightness_range: tuple[float, float] | None = None  # multiply pixels by U(lo, hi)
     horizontal_flip: bool = False  # each image with p = 0.5
     vertical_flip: bool = False  # each image with p = 0.5
+    # RandAugment (torchvision's): each image gets this many of its 14 ops (0: off), distinct per image,
+    # at magnitude bin 0..30 (of torchvision's 31)
+    randaugment_ops: int = 0
+    randaugment_magnitude: int = 9
     fill_mode: str = "nearest"  # nearest | constant (cval) | reflect | wrap
     cval: int = 0
     seed: int | None = None  # None: fresh randomness; int: reproducible (tests)
@@ -130,6 +137,12 @@ class AugmentConfig:
                 )
         if not 0 <= int(self.cval) <= 255:
             raise ConfigError(f"cval must be a uint8 grey level 0..255, got {self.cval!r}", "cval")
+        randaugment = (("randaugment_ops", RANDAUGMENT_OPS), ("randaugment_magnitude", RANDAUGMENT_MAX_MAGNITUDE))
+        for name, top in randaugment:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= top:
+                raise ConfigError(f"{name} must be an integer 0..{top}, got {value!r}", name)
+            setattr(self, name, int(value))  # a numpy integer too: JSON-ready
 
     @property
     def zoom_bounds(self) -> tuple[float, float]:
@@ -145,8 +158,8 @@ class AugmentConfig:
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """Named strengths: ``none``, ``light``, ``course`` (the chapter's generator); each op
-        declares its part of each preset."""
+        """Named strengths: ``none``, ``light``, ``course`` (the chapter's generator),
+        ``randaugment`` (flips + RandAugment(2, 9)); each op declares its part of each preset."""
         return _augment_ops("preset")(cls, name)
 
 

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 from typer.testing import CliRunner
 
 from imgrec import storage
@@ -352,3 +352,177 @@ def test_cli_preview_errors_are_one_line(tmp_path):
     src.write_bytes(png_bytes())
     result = CliRunner().invoke(app, ["augment", "preview", str(src), "--zoom-range", "big"])
     assert result.exit_code == 2 and "--zoom-range" in result.output
+
+
+# --------------------------------------------------------------------------- RandAugment
+
+RA_PARAMS = TransformParams.identity(1).values
+RA = {name: RA_PARAMS[name][0] for name in RA_PARAMS if name.startswith("ra_")}  # identity values
+
+
+def ra_images(seed: int = 0) -> np.ndarray:
+    """Random images, one with a narrow range (autocontrast stretches it) and a flat channel,
+    one of few grey levels (equalize's lookup table is then coarse)."""
+    images = random_images(n=4, h=20, w=24, seed=seed)  # > 256 pixels: equalize changes them
+    images[1] = images[1] // 3 + 60
+    images[1, ..., 2] = 90
+    images[2] = (images[2] // 64) * 50
+    return images
+
+
+def pil(images: np.ndarray, fn) -> np.ndarray:
+    return np.stack([np.asarray(fn(Image.fromarray(img))) for img in images])
+
+
+def ra_apply(images: np.ndarray, **params) -> np.ndarray:
+    return apply_transforms(images, TransformParams.identity(len(images), **params), NEAREST)
+
+
+@pytest.mark.parametrize("param, values, reference", [
+    ("ra_color", [0.1, 0.73, 1.27, 1.9], lambda v: lambda im: ImageEnhance.Color(im).enhance(v)),
+    ("ra_contrast", [0.1, 0.73, 1.27, 1.9], lambda v: lambda im: ImageEnhance.Contrast(im).enhance(v)),
+    ("ra_sharpness", [0.1, 0.73, 1.27, 1.9], lambda v: lambda im: ImageEnhance.Sharpness(im).enhance(v)),
+    ("ra_posterize", [1, 4, 7, 8], lambda v: lambda im: ImageOps.posterize(im, int(v))),
+    ("ra_solarize", [0.0, 127.5, 178.5, 255.0], lambda v: lambda im: ImageOps.solarize(im, int(np.ceil(v)))),
+    ("ra_autocontrast", [True] * 4, lambda v: ImageOps.autocontrast),
+    ("ra_equalize", [True] * 4, lambda v: ImageOps.equalize),
+])  # fmt: skip
+def test_randaugment_colour_ops_match_pil(param, values, reference):
+    images = ra_images()
+    out = ra_apply(images, **{param: values})
+    expected = np.stack([pil(images[i : i + 1], reference(v))[0] for i, v in enumerate(values)])
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    # PIL truncates its blends and autocontrast table, these round: one grey level apart at most.
+    exact = param in ("ra_posterize", "ra_solarize", "ra_equalize")
+    assert np.abs(out.astype(int) - expected).max() <= (0 if exact else 1)
+    assert (out != images).any()
+
+
+def test_randaugment_colour_ops_against_direct_formulas():
+    images = ra_images(seed=1)
+    x = images.astype(float)
+    grey = np.floor(0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2] + 0.5)[..., None]
+    out = ra_apply(images, ra_color=0.5)
+    np.testing.assert_allclose(out, np.clip(np.floor(grey + 0.5 * (x - grey) + 0.5), 0, 255), atol=1)
+    out = ra_apply(images, ra_contrast=1.5)
+    mean = np.floor(grey.mean(axis=(1, 2, 3), keepdims=True) + 0.5)
+    np.testing.assert_allclose(out, np.clip(np.floor(mean + 1.5 * (x - mean) + 0.5), 0, 255), atol=1)
+    np.testing.assert_array_equal(ra_apply(images, ra_posterize=3), images & 0b11100000)
+    np.testing.assert_array_equal(ra_apply(images, ra_solarize=100.0), np.where(images >= 100, 255 - images, images))
+    # Sharpness: the border is kept, the interior of a flat image too (the kernel sums to one).
+    out = ra_apply(images, ra_sharpness=1.9)
+    for edge in (np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
+        np.testing.assert_array_equal(out[edge], images[edge])
+    flat = np.full((1, 5, 5, 3), 77, np.uint8)
+    np.testing.assert_array_equal(ra_apply(flat, ra_sharpness=1.9), flat)
+    # Autocontrast per channel, a flat channel left alone.
+    out = ra_apply(images, ra_autocontrast=True)
+    assert (out[[0, 1], ..., :2].min(axis=(1, 2)) == 0).all() and (out[[0, 1], ..., :2].max(axis=(1, 2)) == 255).all()
+    np.testing.assert_array_equal(out[1, ..., 2], images[1, ..., 2])
+
+
+def test_randaugment_colour_ops_apply_after_the_warp_in_a_fixed_order():
+    images = random_images(n=2, h=10, w=20)
+    out = ra_apply(images, ra_shift_x=3.0, ra_brightness=1.2, ra_solarize=128.0, ra_posterize=4)
+    warped = apply_transforms(images, TransformParams.identity(2, shift_x=3.0, brightness=1.2), NEAREST)
+    posterized = warped & 0xF0  # posterize before solarize, whatever order an image drew them in
+    np.testing.assert_array_equal(out, np.where(posterized >= 128, 255 - posterized, posterized))
+
+
+def test_randaugment_geometry_is_the_explicit_warp():
+    images = random_images(n=3, h=20, w=24)
+    same = [
+        ({"ra_rotation": [12.0, -30.0, 0.5]}, {"rotation": [12.0, -30.0, 0.5]}),
+        ({"ra_shift_x": [4.0, -4.0, 2.5], "ra_shift_y": 3.0}, {"shift_x": [4.0, -4.0, 2.5], "shift_y": 3.0}),
+        ({"ra_shear_x": np.tan(np.deg2rad([10.0, -17.0, 5.0]))}, {"shear": [10.0, -17.0, 5.0]}),
+        ({"ra_brightness": [0.73, 1.27, 1.0]}, {"brightness": [0.73, 1.27, 1.0]}),
+    ]
+    for ra, explicit in same:
+        np.testing.assert_array_equal(ra_apply(images, **ra), ra_apply(images, **explicit))
+    # ShearY: y' = y + b·x about the centre; the centre column stays, a row slants.
+    img = np.zeros((1, 33, 33, 3), dtype=np.uint8)
+    img[0, 20, :] = 255
+    out = ra_apply(img, ra_shear_y=0.3)
+    np.testing.assert_array_equal(out[0, :, 16], img[0, :, 16])
+    assert abs(int(np.argmax(out[0, :, 0, 0])) - (20 - 0.3 * 16)) <= 1
+
+
+def test_randaugment_draws_num_ops_distinct_ops_per_image():
+    n, h, w = 700, 24, 32
+    for k in (1, 2, 5, 14):
+        cfg = AugmentConfig(randaugment_ops=k, randaugment_magnitude=9)
+        p = random_transforms(n, cfg, np.random.default_rng(k), h, w)
+        changed = np.stack([p.values[name] != identity for name, identity in RA.items()], 1)  # (n, 14)
+        assert (changed.sum(1) == k).all()  # ra_identity marks a drawn Identity
+        assert np.allclose(changed.mean(0), k / 14, atol=0.08)  # every op as likely
+        assert (p.shift_x == 0).all() and not p.flip_h.any()  # the other ops stay off
+    values = p.values
+    assert set(np.abs(values["ra_shear_x"])) == {0.09} and set(np.abs(values["ra_rotation"])) == {9.0}
+    assert set(np.abs(values["ra_shift_x"])) == {4.0} and set(np.abs(values["ra_shift_y"])) == {3.0}  # int(150/331·size·0.3)
+    assert set(np.round(values["ra_color"], 6)) == {0.73, 1.27} and 0.4 < (values["ra_color"] < 1).mean() < 0.6
+    assert set(values["ra_posterize"]) == {7} and set(values["ra_solarize"]) == {178.5}
+    assert values["ra_posterize"].dtype == RA_PARAMS["ra_posterize"].dtype
+
+
+def test_randaugment_magnitude_zero_is_the_identity_but_for_the_magnitude_free_ops():
+    images = random_images(n=8, h=16, w=16)
+    images[images == 255] = 254  # solarize at 0 inverts only 255s (torchvision's threshold 255)
+    cfg = AugmentConfig(randaugment_ops=14, randaugment_magnitude=0)
+    p = random_transforms(8, cfg, np.random.default_rng(0), 16, 16)
+    free = {"ra_identity", "ra_autocontrast", "ra_equalize"}
+    for name, identity in RA.items():
+        if name not in free | {"ra_solarize"}:
+            assert (p.values[name] == identity).all(), name
+    assert p.ra_autocontrast.all() and p.ra_equalize.all() and (p.ra_solarize == 255).all()
+    p.ra_autocontrast[:], p.ra_equalize[:] = False, False
+    np.testing.assert_array_equal(apply_transforms(images, p, cfg), images)
+
+
+def test_randaugment_preset_is_seeded_and_keeps_dtype_and_shape():
+    cfg = AugmentConfig.preset("randaugment")
+    assert cfg == AugmentConfig(horizontal_flip=True, randaugment_ops=2, randaugment_magnitude=9)
+    for images in (random_images(n=16, h=32, w=32), random_images(n=3, h=40, w=30)):
+        out = augment_batch(images, cfg, np.random.default_rng(4))
+        assert out.dtype == np.uint8 and out.shape == images.shape and not np.array_equal(out, images)
+        np.testing.assert_array_equal(out, augment_batch(images, cfg, np.random.default_rng(4)))
+        assert not np.array_equal(out, augment_batch(images, cfg, np.random.default_rng(5)))
+    seeded = Augmenter(AugmentConfig(**{**vars(cfg), "seed": 9}))
+    np.testing.assert_array_equal(seeded(batch())["image"], Augmenter(seeded.cfg)(batch())["image"])
+
+
+def test_randaugment_config_validation_and_round_trips():
+    import json
+
+    from imgrec.augment import describe, preset_names
+    from imgrec.config import TrainConfig, from_dict, to_dict
+
+    for field, bad in [("randaugment_ops", 15), ("randaugment_ops", -1), ("randaugment_ops", 2.5),
+                       ("randaugment_ops", True), ("randaugment_magnitude", 31), ("randaugment_magnitude", -1)]:
+        with pytest.raises(ConfigError, match=f"^{field} must be an integer 0..") as info:
+            AugmentConfig(**{field: bad})
+        assert info.value.field == field and "\n" not in str(info.value)
+    assert AugmentConfig(randaugment_ops=np.int64(3)).randaugment_ops == 3
+    assert not AugmentConfig(randaugment_magnitude=30).enabled  # no ops: off
+
+    cfg = AugmentConfig.preset("randaugment")
+    assert "randaugment" in preset_names() and describe(cfg) == "horizontal_flip=True, randaugment_ops=2"
+    assert from_dict(AugmentConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    train = TrainConfig(augment=cfg)
+    assert from_dict(TrainConfig, json.loads(json.dumps(to_dict(train)))).augment == cfg
+    # A manifest written before RandAugment existed has neither field: it loads, RandAugment off.
+    old = to_dict(TrainConfig(augment=AugmentConfig.preset("course")))
+    del old["augment"]["randaugment_ops"], old["augment"]["randaugment_magnitude"]
+    assert from_dict(TrainConfig, old).augment == AugmentConfig.preset("course")
+
+
+def test_cli_preview_randaugment(tmp_path):
+    src = tmp_path / "cat.png"
+    src.write_bytes(png_bytes(32, 32))
+    result = CliRunner().invoke(
+        app, ["augment", "preview", str(src), "--out", str(tmp_path / "g.png"), "-n", "3", "--seed", "1",
+              "--preset", "randaugment", "--randaugment-magnitude", "20"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "randaugment_ops=2, randaugment_magnitude=20" in result.output
+    result = CliRunner().invoke(app, ["augment", "preview", str(src), "--randaugment-ops", "15"])
+    assert result.exit_code == 2 and "randaugment_ops must be an integer 0..14, got 15" in result.output

@@ -11,6 +11,8 @@ scipy (TF alone costs ~0.5 GB per process). One batch is augmented at once:
    ``fill_mode``.
 3. Brightness (a pixel op's gain) multiplies the result in the warp's blend,
    rounded and clipped to 0..255; without a warp, flips and gains apply alone.
+4. Colour ops (``ColourOp``: RandAugment's colour maps) then map the uint8
+   result, only for the images whose parameters ask for it (skipped when none do).
 
 Semantics (Keras ``ImageDataGenerator`` unless noted):
 
@@ -30,13 +32,33 @@ Semantics (Keras ``ImageDataGenerator`` unless noted):
 * ``fill_mode``: ``nearest`` (repeat the edge), ``constant`` (``cval``),
   ``reflect`` (mirror including the edge pixel: d c b a | a b c d | d c b a),
   ``wrap`` (periodic tiling: a b c d | a b c d | a b c d).
+* ``randaugment_ops`` N (0: off), ``randaugment_magnitude`` M (0..30):
+  torchvision's ``RandAugment(num_ops=N, magnitude=M, num_magnitude_bins=31)``
+  over its 14 ops (Identity, ShearX/Y, TranslateX/Y, Rotate, Brightness, Color,
+  Contrast, Sharpness, Posterize, Solarize, AutoContrast, Equalize), with these
+  differences: each image draws its N ops **without** replacement (torchvision
+  draws with replacement), so each op's parameter is one value per image; the
+  ops compose in a fixed order, not the drawn one (shears, rotation and shifts in
+  the one warp, bilinear with ``fill_mode``, where torchvision uses nearest and
+  black; brightness in its blend; then colour, contrast, sharpness, posterize,
+  solarize, autocontrast, equalize); shears and rotation are about the centre
+  (torchvision shears about the top-left corner); blends round where PIL and
+  torchvision truncate (so they agree within one grey level). Magnitudes at M:
+  shear factor ±0.3·M/30, shift ±int(150/331·size·M/30) pixels, rotation
+  ±30·M/30 degrees, brightness/colour/contrast/sharpness factor 1 ± 0.9·M/30
+  (a random sign per image), posterize to 8 - round(M/7.5) bits, solarize
+  values >= 255·(1 - M/30) (so at M = 0 it still inverts 255s, as torchvision).
+* Presets: ``none``; ``light`` (shifts 0.1, horizontal flip); ``course`` (the
+  chapter's generator: rotation 40, shifts 0.2, zoom 0.2, shear 0.2, brightness
+  0.8-1.2, horizontal flip); ``randaugment`` (horizontal flip + RandAugment(2, 9)).
 
 Mixup and CutMix (``mix``, ``Mixing``) act on the batch after these, pairing images
 and mixing their labels into soft targets; ``TrainConfig.mixup``/``cutmix`` turn them on.
 
 Modules: ``ops`` (the op classes and their registry), ``transforms`` (parameters,
-composition, applying), ``warp`` (the bilinear warp), ``mix`` (mixup, CutMix),
-``udf`` (``Augmenter``), ``preview`` (the grid, ``describe``).
+composition, applying), ``warp`` (the bilinear warp), ``colour`` (RandAugment's
+vectorised colour maps), ``mix`` (mixup, CutMix), ``udf`` (``Augmenter``),
+``preview`` (the grid, ``describe``).
 """
 
 from __future__ import annotations
@@ -45,6 +67,7 @@ from imgrec.augment.mix import Mixing
 from imgrec.augment.ops import (
     FLIP_PROBABILITY,
     CliOption,
+    ColourOp,
     FlipOp,
     LinearOp,
     Op,
@@ -68,7 +91,8 @@ from imgrec.augment.transforms import _warp as _warp  # tests resample with exac
 from imgrec.augment.udf import Augmenter
 
 __all__ = [
-    "FLIP_PROBABILITY", "Augmenter", "CliOption", "FlipOp", "LinearOp", "Mixing", "Op", "PixelOp", "ShiftOp",
+    "FLIP_PROBABILITY", "Augmenter", "CliOption", "ColourOp", "FlipOp", "LinearOp", "Mixing", "Op", "PixelOp",
+    "ShiftOp",
     "TransformParams", "apply_transforms", "augment_batch", "describe", "inverse_matrices", "ops",
     "preset_names", "preview_grid", "random_transforms", "register_op", "registered", "save_preview",
     "unregister_op",

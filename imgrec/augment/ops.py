@@ -2,15 +2,18 @@
 
 An op declares the ``AugmentConfig`` field(s) it reads, when it is active for a
 config, how it draws its per-image parameters, its contribution to the batch's
-single warp (or its per-pixel gain), its CLI option(s) and its part of each
-preset. Everything else derives from ``ops()``: ``TransformParams``, the random
+single warp (or its per-pixel gain, or its colour map of the uint8 result), its
+CLI option(s) and its part of each preset. Everything else derives from ``ops()``: ``TransformParams``, the random
 draws, the inverse matrices, ``AugmentConfig.enabled`` and ``preset``, and the
 options of ``imgrec augment preview``.
 
 The list order is the order the parameters are drawn in (seeded outputs depend
 on it); where an op sits in the *composition* is its kind (linear maps about the
-centre, then shifts, then flips, as seen by the content) and, among the linear
-ones, its ``place``.
+centre, then shifts, then flips, as seen by the content, with the gains in the
+warp's blend; colour maps after it) and, among the linear ones, its ``place``.
+An op may be several kinds at once (``RandAugment``: linear, shift, gain and
+colour); each kind's method reads the op's parameters. New ops go at the end of
+the list, so existing seeded draws stay the same.
 
 Adding an op: one class registered with ``register_op`` (here, or from outside
 with ``registered(...)`` for a scoped registration) plus its config field in
@@ -28,7 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from imgrec.config import AugmentConfig, ConfigError, install_augment_ops
+from imgrec.augment import colour
+from imgrec.config import RANDAUGMENT_MAX_MAGNITUDE, AugmentConfig, ConfigError, install_augment_ops
 
 FLIP_PROBABILITY = 0.5
 
@@ -151,6 +155,20 @@ class PixelOp(Op):
         raise NotImplementedError
 
 
+class ColourOp(Op):
+    """A per-image map of the uint8 pixels, applied after the warp, the flips and the gains
+    (in op-list order), and skipped for a batch where ``recolours`` is False."""
+
+    def recolours(self, values: dict[str, np.ndarray]) -> bool:
+        """Whether any image's parameters ask for a change."""
+        return any(np.any(values[p] != v) for p, v in self.params.items())
+
+    def apply(self, images: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, H, W, 3) uint8 -> uint8 of the same shape. May write into ``images``: it is
+        ``apply_transforms``' own output, never the caller's batch."""
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------- the registry
 
 _OPS: list[Op] = []
@@ -158,8 +176,8 @@ _OPS: list[Op] = []
 
 def register_op(cls: type[Op]) -> type[Op]:
     """Append an op class to the list (usable as a decorator); a name clash is refused."""
-    if not issubclass(cls, LinearOp | ShiftOp | FlipOp | PixelOp):
-        raise TypeError(f"{cls.__name__}: an op subclasses LinearOp, ShiftOp, FlipOp or PixelOp")
+    if not issubclass(cls, LinearOp | ShiftOp | FlipOp | PixelOp | ColourOp):
+        raise TypeError(f"{cls.__name__}: an op subclasses LinearOp, ShiftOp, FlipOp, PixelOp or ColourOp")
     if any(op.name == cls.__name__ for op in _OPS):
         raise ValueError(f"augmentation op {cls.__name__!r} is already registered")
     op = cls()
@@ -242,10 +260,14 @@ class Rotation(LinearOp):
         return {"rotation": rng.uniform(-cfg.rotation_range, cfg.rotation_range, n)}
 
     def inverse(self, values, n):
-        theta = np.deg2rad(values["rotation"])
-        cos, sin = np.cos(theta), np.sin(theta)
-        # y points down, so a counter-clockwise on-screen rotation R = [[c, s], [-s, c]] has R⁻¹ = Rᵀ.
-        return np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+        return _rotation_inverse(values["rotation"])
+
+
+def _rotation_inverse(degrees: np.ndarray) -> np.ndarray:
+    theta = np.deg2rad(degrees)
+    cos, sin = np.cos(theta), np.sin(theta)
+    # y points down, so a counter-clockwise on-screen rotation R = [[c, s], [-s, c]] has R⁻¹ = Rᵀ.
+    return np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
 
 
 class _Shift(ShiftOp):
@@ -333,7 +355,10 @@ class HorizontalFlip(FlipOp):
 
     fields = ("horizontal_flip",)
     params = {"flip_h": False}
-    presets = {"light": {"horizontal_flip": True}, "course": {"horizontal_flip": True}}
+    presets = {
+        "light": {"horizontal_flip": True}, "course": {"horizontal_flip": True},
+        "randaugment": {"horizontal_flip": True},
+    }
     options = (CliOption("horizontal_flip", type=bool),)
     axis = 0
 
@@ -363,3 +388,96 @@ class Brightness(PixelOp):
 
     def gain(self, values, n):
         return values["brightness"]
+
+
+@register_op
+class RandAugment(LinearOp, ShiftOp, PixelOp, ColourOp):
+    """torchvision's ``RandAugment(num_ops, magnitude)``: each image gets ``randaugment_ops``
+    distinct ops of the 14 below at magnitude bin M of 0..30, a random sign per image for
+    the signed ones. At M: shear factor ±0.3·M/30, shift ±int(150/331·size·M/30) pixels,
+    rotation ±30·M/30 degrees, brightness/colour/contrast/sharpness factor 1 ± 0.9·M/30,
+    posterize to 8 - round(M/7.5) bits, solarize values >= 255·(1 - M/30); identity,
+    autocontrast and equalize take no magnitude.
+
+    One parameter per op, in torchvision's op order (``ra_identity`` marks an image that
+    drew Identity). Its shears and rotation are a linear op (``place`` after ``Rotation``),
+    its shifts a shift, both folded into the one warp; its brightness a gain in the
+    warp's blend; the rest colour maps applied after it (``imgrec.augment.colour``)."""
+
+    fields = ("randaugment_ops", "randaugment_magnitude")
+    params = {
+        "ra_identity": False,
+        "ra_shear_x": 0.0, "ra_shear_y": 0.0, "ra_shift_x": 0.0, "ra_shift_y": 0.0, "ra_rotation": 0.0,
+        "ra_brightness": 1.0, "ra_color": 1.0, "ra_contrast": 1.0, "ra_sharpness": 1.0,
+        "ra_posterize": 8, "ra_solarize": 256.0, "ra_autocontrast": False, "ra_equalize": False,
+    }  # fmt: skip
+    presets = {"randaugment": {"randaugment_ops": 2, "randaugment_magnitude": 9}}
+    options = (
+        CliOption("randaugment_ops", "RandAugment: ops per image, 0..14 (0: off).", int),
+        CliOption("randaugment_magnitude", f"RandAugment: magnitude bin 0..{RANDAUGMENT_MAX_MAGNITUDE}.", int),
+    )
+    place = 4.0
+    GEOMETRY: ClassVar[tuple[str, ...]] = ("ra_shear_x", "ra_shear_y", "ra_shift_x", "ra_shift_y", "ra_rotation")
+    # The colour maps in the order they apply (fixed, whatever order an image drew them in).
+    COLOUR: ClassVar[tuple[tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]], ...]] = (
+        ("ra_color", colour.color), ("ra_contrast", colour.contrast), ("ra_sharpness", colour.sharpness),
+        ("ra_posterize", colour.posterize), ("ra_solarize", colour.solarize),
+        ("ra_autocontrast", colour.autocontrast), ("ra_equalize", colour.equalize),
+    )
+
+    def active(self, cfg):
+        return cfg.randaugment_ops > 0
+
+    def draw(self, cfg, rng, n, height, width):
+        level = cfg.randaugment_magnitude / RANDAUGMENT_MAX_MAGNITUDE
+        magnitudes = {  # param -> (its value at this magnitude, signed)
+            "ra_identity": (True, False),
+            "ra_shear_x": (0.3 * level, True), "ra_shear_y": (0.3 * level, True),
+            "ra_shift_x": (float(int(150 / 331 * width * level)), True),
+            "ra_shift_y": (float(int(150 / 331 * height * level)), True),
+            "ra_rotation": (30.0 * level, True),
+            **{p: (0.9 * level, True) for p in ("ra_brightness", "ra_color", "ra_contrast", "ra_sharpness")},
+            "ra_posterize": (int(8 - round(cfg.randaugment_magnitude / 7.5)), False),
+            "ra_solarize": (255.0 * (1 - level), False),
+            "ra_autocontrast": (True, False), "ra_equalize": (True, False),
+        }  # fmt: skip
+        # Without replacement: the first num_ops of a random permutation per image.
+        chosen = np.zeros((n, len(self.params)), dtype=bool)
+        order = np.argsort(rng.random((n, len(self.params))), axis=1)
+        np.put_along_axis(chosen, order[:, : cfg.randaugment_ops], True, axis=1)
+        negative = rng.random((n, len(self.params))) < 0.5
+        out = {}
+        for column, (param, identity) in enumerate(self.params.items()):
+            value, signed = magnitudes[param]
+            if signed:  # identity ± magnitude: 0 ± m for the geometry, 1 ± m for the factors
+                value = np.where(negative[:, column], identity - value, identity + value)
+            dtype = np.asarray(identity).dtype
+            out[param] = np.where(chosen[:, column], value, identity).astype(dtype)
+        return out
+
+    def needs_warp(self, values):
+        return any(np.any(values[p] != self.params[p]) for p in self.GEOMETRY)
+
+    def inverse(self, values, n):
+        # Forward: shear x (x' = x + a·y), shear y (y' = y + b·x), then rotation, about the centre.
+        shear_inv = np.zeros((n, 2, 2))
+        shear_inv[:, 0, 0], shear_inv[:, 1, 1] = 1.0, 1.0
+        shear_inv[:, 0, 1], shear_inv[:, 1, 0] = -values["ra_shear_x"], -values["ra_shear_y"]
+        shear_inv[:, 0, 0] += values["ra_shear_x"] * values["ra_shear_y"]  # Sx⁻¹ · Sy⁻¹
+        return shear_inv @ _rotation_inverse(values["ra_rotation"])
+
+    def shift(self, values, n):
+        return np.stack([values["ra_shift_x"], values["ra_shift_y"]], -1).astype(float)
+
+    def gain(self, values, n):
+        return values["ra_brightness"]
+
+    def recolours(self, values):
+        return any(np.any(values[p] != self.params[p]) for p, _ in self.COLOUR)
+
+    def apply(self, images, values):
+        for param, recolour in self.COLOUR:
+            which = np.flatnonzero(values[param] != self.params[param])
+            if which.size:
+                images[which] = recolour(images[which], values[param][which])
+        return images

@@ -1,6 +1,7 @@
 """Per-image parameters drawn by the op list, composed into one inverse map per
 image and applied: one vectorised warp (flips folded into the map, gains into its
-blend), or, when nothing resamples, plain flips and gains."""
+blend), or, when nothing resamples, plain flips and gains; then the colour ops'
+maps of the uint8 result, for the images whose parameters ask for one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imgrec.augment.ops import FlipOp, LinearOp, PixelOp, ShiftOp, ops
+from imgrec.augment.ops import ColourOp, FlipOp, LinearOp, PixelOp, ShiftOp, ops
 from imgrec.augment.warp import scale_pixels, warp
 from imgrec.config import AugmentConfig
 
@@ -94,11 +95,16 @@ def apply_transforms(images: np.ndarray, params: TransformParams, cfg: AugmentCo
         raise ValueError(f"{len(params)} transform parameter sets for {len(images)} images")
     gains = params.gains
     if params.needs_warp:  # flips are folded into the map, gains into the blend
-        return _warp(images, params, cfg.fill_mode, cfg.cval, gains)
-    out = _flip(images, params)
-    if np.any(gains != 1):
-        out = scale_pixels(out, gains)
-    return out if out is not images else images.copy()
+        out = _warp(images, params, cfg.fill_mode, cfg.cval, gains)
+    else:
+        out = _flip(images, params)
+        if np.any(gains != 1):
+            out = scale_pixels(out, gains)
+        out = out if out is not images else images.copy()
+    for op in ops():  # the colour maps last, on the batch's own output
+        if isinstance(op, ColourOp) and op.recolours(params.values):
+            out = op.apply(out, params.values)
+    return out
 
 
 def _warp(
