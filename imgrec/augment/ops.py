@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,7 +107,11 @@ class Op:
         raise NotImplementedError
 
     def needs_warp(self, values: dict[str, np.ndarray]) -> bool:
-        return self.warps and any(np.any(values[p] != v) for p, v in self.params.items())
+        return self.warps and self.changed(values)
+
+    def changed(self, values: dict[str, np.ndarray], names: Iterable[str] | None = None) -> bool:
+        """Whether any image's value of any of ``names`` (default: all its parameters) is not the identity."""
+        return any(np.any(values[p] != self.params[p]) for p in (self.params if names is None else names))
 
 
 class LinearOp(Op):
@@ -161,7 +165,7 @@ class ColourOp(Op):
 
     def recolours(self, values: dict[str, np.ndarray]) -> bool:
         """Whether any image's parameters ask for a change."""
-        return any(np.any(values[p] != v) for p, v in self.params.items())
+        return self.changed(values)
 
     def apply(self, images: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
         """(n, H, W, 3) uint8 -> uint8 of the same shape. May write into ``images``: it is
@@ -456,7 +460,7 @@ class RandAugment(LinearOp, ShiftOp, PixelOp, ColourOp):
         return out
 
     def needs_warp(self, values):
-        return any(np.any(values[p] != self.params[p]) for p in self.GEOMETRY)
+        return self.changed(values, self.GEOMETRY)
 
     def inverse(self, values, n):
         # Forward: shear x (x' = x + a·y), shear y (y' = y + b·x), then rotation, about the centre.
@@ -473,7 +477,7 @@ class RandAugment(LinearOp, ShiftOp, PixelOp, ColourOp):
         return values["ra_brightness"]
 
     def recolours(self, values):
-        return any(np.any(values[p] != self.params[p]) for p, _ in self.COLOUR)
+        return self.changed(values, (p for p, _ in self.COLOUR))
 
     def apply(self, images, values):
         for param, recolour in self.COLOUR:
