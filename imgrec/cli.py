@@ -12,6 +12,7 @@ import typer
 import imgrec
 from imgrec import augment, console, data, models, serving, storage, synth
 from imgrec import features as feats
+from imgrec.cli_cache import cache_app
 from imgrec.cli_common import ImgrecGroup, clear_errors, take_verbose
 from imgrec.cli_options import parse_size
 from imgrec.cli_predict import predict_command
@@ -30,6 +31,7 @@ models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(augment_app, name="augment")
 app.add_typer(models_app, name="models")
+app.add_typer(cache_app, name="cache")
 baseline_app = typer.Typer(help="The classic baseline: hand-made features + a linear classifier.",
                            no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")

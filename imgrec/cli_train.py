@@ -40,6 +40,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            kind=str, parse=parse_size),
     Option("resize", ("data.decode.resize",), "How images reach the model size.", choices=RESIZE_MODES),
     Option("validation_split", ("data.validation_split",), "Fraction held out for validation."),
+    Option("cache", ("data.cache",), "Decoded pixels: auto (kept in memory for the run, and on disk under "
+           "<storage>/.cache/ for every later run with the same files and decode settings), a folder URI for "
+           "that cache, memory (this run only) or off (decode every epoch).", kind=str),
     Option("split_seed", ("data.split_seed",), "Seed of the deterministic split."),
     Option("augment", ("augment",), "Augmentation preset (each op declares its part of each).", default="light",
            choices=tuple(preset_names()), parse=AugmentConfig.preset),

@@ -56,6 +56,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     _base("optimizer"),
     _base("class_weight"),
     _base("validation_split"),
+    _base("cache"),
     Option("seed", ("base.seed", "seed"), "Training and search seed."),
     Option("evaluate", ("evaluate",), "Evaluate the best checkpoint on the test tree."),
     _base("tta"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 RESIZE_MODES = ("stretch", "crop", "pad")
+CACHE_MODES = ("auto", "memory", "off")  # DataConfig.cache, or a folder URI
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 RANDAUGMENT_OPS = 14  # torchvision's RandAugment ops (imgrec.augment.ops.RandAugment)
 RANDAUGMENT_MAX_MAGNITUDE = 30  # its magnitude bins 0..30 (num_magnitude_bins=31)
@@ -194,7 +195,14 @@ class DataConfig:
     validation_split: float = 0.3  # the course's 30 % (a manifest's split column overrides it per row)
     split_seed: int = 0
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    cache: bool = True  # decode once (Ray Data materialize), augment every epoch
+    # Decoded pixels: "auto" keeps them in memory for the run (Ray Data materialize; augmented
+    # anew every epoch) and on disk under <storage>/.cache/ for every later run with the same files
+    # and decode settings (imgrec.data.cache); a URI puts that cache there; "memory": this run
+    # only; "off": decode again every epoch. (Older configs' true/false mean "auto"/"off".)
+    cache: str = "auto"
+    # Past this fraction of the cluster's object store, the decoded set is not materialized:
+    # training streams the decoded cache's shards every epoch (shuffled shard order + a local buffer).
+    memory_budget: float = 0.5
     limit_per_class: int | None = None  # for quick looks and tests
 
     def __post_init__(self) -> None:
@@ -203,6 +211,13 @@ class DataConfig:
         if self.limit_per_class is not None and int(self.limit_per_class) < 1:
             raise ConfigError(f"limit_per_class must be >= 1 (or unset: every image), got {self.limit_per_class!r}",
                               "limit_per_class")
+        if not 0.0 <= float(self.memory_budget) <= 1.0:
+            raise ConfigError(f"memory_budget is a fraction of the object store, 0..1; got {self.memory_budget!r}",
+                              "memory_budget")
+        if isinstance(self.cache, bool):  # configs and manifests from before the persistent cache
+            self.cache = "auto" if self.cache else "off"
+        if not isinstance(self.cache, str) or not self.cache.strip():
+            raise ConfigError(f"cache must be auto, memory, off or a folder URI, got {self.cache!r}", "cache")
 
 
 @dataclass

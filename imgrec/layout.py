@@ -6,6 +6,8 @@
 * ``PredictionLayout``: a batch-prediction output prefix;
 * ``BaselineLayout``: the hand-made-feature baseline's output folder;
 * ``ExportLayout``: a serving export (``imgrec export``): the model in one format and its sidecar;
+* ``DecodedCacheLayout``: one entry of the persistent decoded-pixel cache (``--cache``,
+  default ``<storage>/.cache/``): a source at one decode setting, its Parquet shards;
 * ``cache_dir``: the one per-node download cache (checkpoints and weights files),
   under ``$IMGREC_CACHE`` (default ``~/.cache/imgrec``).
 
@@ -197,3 +199,47 @@ class ExportLayout(_Folder, files={
 }):
     """A serving export's folder: the model in its format (``saved_model/``, ``model.onnx``
     or ``model.tflite``) and ``serving.json``, what a server needs to prepare images."""
+
+
+@dataclass(frozen=True)
+class DecodedCacheLayout(_Folder, files={"entry": "entry.json", "shards": "shards"}):
+    """``<cache>/decoded-<entry key>/``: one source's pixels at one decode setting.
+    ``shards/<shard key>.parquet`` holds a shard's decoded rows, ``<shard key>.bad.json``
+    (written before it, only when some file failed) its bad files; ``entry.json`` says
+    what the entry is and which shards the last run that used it read."""
+
+    DEFAULT_FOLDER = ".cache"  # under the storage: <storage>/.cache/
+    PREFIX = "decoded-"
+    SHARD_SUFFIX, BAD_SUFFIX = ".parquet", ".bad.json"
+
+    @classmethod
+    def default_root(cls, storage_uri: str) -> str:
+        return storage.join(storage_uri, cls.DEFAULT_FOLDER)
+
+    @classmethod
+    def entry_of(cls, cache_uri: str, entry_key: str) -> DecodedCacheLayout:
+        return cls.of(cache_uri, cls.PREFIX + entry_key)
+
+    @classmethod
+    def is_entry(cls, name: str) -> bool:
+        return name.startswith(cls.PREFIX)
+
+    @property
+    def key(self) -> str:
+        return storage.basename(self.uri).removeprefix(self.PREFIX)
+
+    def shard(self, key: str) -> str:
+        return storage.join(self.shards, key + self.SHARD_SUFFIX)
+
+    def bad(self, key: str) -> str:
+        return storage.join(self.shards, key + self.BAD_SUFFIX)
+
+    @classmethod
+    def shard_key(cls, name: str) -> tuple[str, str] | None:
+        """(shard key, "pixels" | "bad") of a file name in ``shards/``; None for anything else
+        (a temp file of an interrupted write is never a shard)."""
+        for suffix, kind in ((cls.SHARD_SUFFIX, "pixels"), (cls.BAD_SUFFIX, "bad")):
+            stem = name.removesuffix(suffix)
+            if stem != name and stem and all(c in "0123456789abcdef" for c in stem):
+                return stem, kind
+        return None

@@ -91,14 +91,15 @@ def train(cfg: TrainConfig, *, arrays: tuple | None = None, class_names: list[st
     with timed(phases, "driver_placement_s"):
         cfg, loop_options, data_tasks = _place_workers(cfg, loop_options, concurrent_trials)
     with timed(phases, "driver_data_s"):  # listing, decoding once, materializing
-        data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names, tasks=data_tasks)
+        data = dataset or load_dataset(cfg.data, arrays=arrays, class_names=class_names, tasks=data_tasks,
+                                       storage_uri=cfg.storage, shuffle_seed=cfg.augment.seed)
     print(f"[imgrec] data: {data.summary()}", flush=True)
     if data.counts["train"] < cfg.batch_size:
         raise ValueError(f"only {data.counts['train']} training images for a global batch of {cfg.batch_size}; "
                          "lower --batch-size")
     class_weights = _class_weights(cfg, data)  # before Ray Train starts: an unknown class name is refused here
     mixing = Mixing(len(data.class_names), cfg.mixup, cfg.cutmix) if cfg.mixes else None
-    datasets = {"train": augmented(data.train, cfg.augment, tasks=data_tasks, mixing=mixing)}
+    datasets = {"train": augmented(data.train, cfg.augment, tasks=data_tasks, mixing=mixing, shuffled=data.streamed)}
     if data.val is not None and data.counts["val"] >= cfg.workers:
         datasets["val"] = data.val
     progress = TrainingProgress()  # the board rank 0 reports to; drawn here while fit() runs

@@ -10,6 +10,8 @@ Flow::
     load_dataset(DataConfig)        -> ImageDataset: train / val / test Ray datasets
         read bytes + decode (map_batches, threaded GETs)  -> materialize()  (decode once)
         bad files dropped inside the decode tasks, then re-checked here for the report
+        with a persistent cache (DataConfig.cache, default <storage>/.cache/): one task per
+        shard of ~256 files reads its cached Parquet shard, or decodes the files and writes it
         train: randomize_block_order + Augmenter           (every epoch, fresh randomness)
     shard_batches / to_tf_dataset   -> per-worker (uint8 images, int labels) batches
 
@@ -22,7 +24,7 @@ checkpoint and prediction so label indices never drift.
 
 Modules: ``tree`` (listing, split), ``manifest`` (label manifests, the one
 manifest reader), ``read`` (bytes from any storage URI, the
-decode UDF), ``datasets`` (decode once, arrays, CIFAR-10, augmentation wiring),
+decode UDF), ``cache`` (the persistent decoded cache), ``datasets`` (decode once, arrays, CIFAR-10, augmentation wiring),
 ``feed`` (batches for training), ``inspection`` (``imgrec inspect``), ``export``.
 """
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from imgrec.augment import Augmenter, Mixing
 from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
+from imgrec.data.cache import CacheUse, DecodedCache, cache_root, cacheable
 from imgrec.data.manifest import list_images
 from imgrec.data.read import DecodeImages
 from imgrec.data.tree import (
@@ -42,17 +43,20 @@ class ImageDataset:
     decode: DecodeConfig
     split_seed: int
     validation_split: float
+    streamed: bool = False  # read from the decoded cache every epoch, not materialized (load_dataset)
     # Images per class (class_names order) of each split's good rows: {"train": [...], ...};
     # what balanced class weights are computed from. Empty when the maker did not count.
     class_counts: dict[str, list[int]] = field(default_factory=dict)
     manifest_sha256: str | None = None  # trained from a label manifest: its digest (lineage)
+    cache_use: CacheUse | None = None  # what the persistent decoded cache gave (None: not used)
 
     def summary(self) -> str:
         bad = f", {len(self.bad_files)} bad files skipped" if self.bad_files else ""
+        cached = f"; {self.cache_use.brief(self.streamed)}" if self.cache_use else ""
         return (
             f"{self.source}: {len(self.class_names)} classes {self.class_names}, "
             f"train {self.counts.get('train', 0)}, val {self.counts.get('val', 0)}, "
-            f"test {self.counts.get('test', 0)}{bad}"
+            f"test {self.counts.get('test', 0)}{bad}{cached}"
         )
 
 
@@ -70,7 +74,8 @@ def num_blocks(n_rows: int, rows_per_block: int, max_blocks: int = 200) -> int:
 
 
 def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per_block: int = ROWS_PER_BLOCK,
-             tasks: int | None = None):
+             tasks: int | None = None, persistent: DecodedCache | None = None, stream: bool = False,
+             shuffle_seed: int | None = None):
     """Records -> (Ray dataset of the good decoded rows, their count, bad rows).
 
     With ``cache``, bad rows are dropped inside the decode tasks, so a single
@@ -83,12 +88,16 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
     for 2000 images at 128x128); a Ray filter fused into the decode (it copies
     every block: ~0.2 ms per 128x128 image). Without ``cache`` every epoch
     decodes again, and the report costs one extra pass now. ``tasks``: at most
-    this many decode tasks at once (``imgrec.placement.data_tasks``)."""
+    this many decode tasks at once (``imgrec.placement.data_tasks``). ``persistent``:
+    read what the decoded cache holds, decode and cache the rest (``imgrec.data.cache``);
+    with ``stream``, read it anew every epoch instead of materializing."""
     import ray
     from ray.data.expressions import col
 
     if not records:
         return None, 0, []
+    if persistent is not None:
+        return persistent.load(records, tasks=tasks, pool=_pool, stream=stream, shuffle_seed=shuffle_seed)
     # Listings come sorted by class folder: blocks cut from that order each hold
     # one class, and per-epoch block shuffling plus a local buffer cannot undo it
     # (batches of a single class; BatchNorm-heavy nets then do not learn). A
@@ -263,6 +272,8 @@ def load_dataset(
     arrays: tuple | None = None,
     class_names: list[str] | None = None,
     tasks: int | None = None,
+    storage_uri: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> ImageDataset:
     """One call from a DataConfig to decoded train/val/test Ray datasets.
 
@@ -272,7 +283,11 @@ def load_dataset(
     ``cfg.decode.image_size`` must be set. Unreadable or undecodable files are
     skipped and listed in ``bad_files``; only a tree where every training image
     is bad is an error. Test data: the tree's ``test/``, a manifest's ``test`` rows.
-    ``tasks``: at most this many decode tasks at once (``imgrec.placement.data_tasks``)."""
+    ``tasks``: at most this many decode tasks at once (``imgrec.placement.data_tasks``).
+    ``storage_uri``: the run's storage, under which ``cfg.cache="auto"`` keeps the decoded
+    cache (``<storage>/.cache/``); without it (and without a cache URI) pixels stay in memory.
+    A decoded set over ``cfg.memory_budget`` of the object store is streamed from that cache
+    every epoch (``ImageDataset.streamed``; its shard order shuffled by ``shuffle_seed``)."""
     decode = _require_image_size(cfg)
     if arrays is not None or cfg.uri == "cifar10":
         return _load_arrays(cfg, arrays if arrays is not None else load_cifar10(), class_names)
@@ -280,13 +295,19 @@ def load_dataset(
     tree = list_images(cfg.uri)
     train_recs = _limit_per_class(tree.train, cfg.limit_per_class)
     train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed, tree.splits)
-    train, n_train, train_bad = _decoded(train_recs, decode, cache=cfg.cache, tasks=tasks)
+    persistent = _persistent_cache(cfg, tree, storage_uri)
+    stream = _over_budget(cfg, len(train_recs) + len(val_recs) + len(tree.test), persistent)
+    opts = dict(cache=cfg.cache != "off", tasks=tasks, persistent=persistent, stream=stream)
+    train, n_train, train_bad = _decoded(train_recs, decode, shuffle_seed=shuffle_seed, **opts)
     if n_train == 0:
         raise DataError(
             f"{tree.root}: every training image failed to decode; first bad files: {path_reasons(train_bad, 5)}"
         )
-    val, n_val, val_bad = _decoded(val_recs, decode, cache=cfg.cache, tasks=tasks)
-    test, n_test, test_bad = _decoded(tree.test, decode, cache=cfg.cache, tasks=tasks)
+    val, n_val, val_bad = _decoded(val_recs, decode, **opts)
+    test, n_test, test_bad = _decoded(tree.test, decode, **opts)
+    if persistent is not None:
+        persistent.record_use()
+        log.info("%s", persistent.use.summary())
     bad = tree.skipped + train_bad + val_bad + test_bad
     for item in bad:
         log.warning("skipped %s: %s", item["path"], item["reason"])
@@ -303,7 +324,41 @@ def load_dataset(
         split_seed=cfg.split_seed,
         validation_split=cfg.validation_split,
         manifest_sha256=tree.manifest_sha256,
+        cache_use=persistent.use if persistent is not None else None,
+        streamed=stream,
     )
+
+
+def _over_budget(cfg: DataConfig, rows: int, persistent: DecodedCache | None) -> bool:
+    """Whether ``rows`` decoded images exceed ``cfg.memory_budget`` of the cluster's object
+    store. Streaming needs the disk cache; without one, such a set is decoded every epoch."""
+    import ray
+
+    h, w = cfg.decode.image_size
+    need = rows * h * w * 3
+    budget = cfg.memory_budget * ray.cluster_resources().get("object_store_memory", 0)
+    if need <= budget:
+        return False
+    what = f"{rows} decoded images ({need / 2**20:.0f} MB) exceed memory_budget {cfg.memory_budget:g} of the " \
+           f"object store ({budget / 2**20:.0f} MB)"
+    if persistent is None:
+        log.warning("%s and no disk cache is set (cache=%s): materializing anyway; set cache=auto or a cache "
+                    "URI to stream, or cache=off to decode every epoch", what, cfg.cache)
+        return False
+    log.info("%s: streaming them from the decoded cache every epoch", what)
+    return True
+
+
+def _persistent_cache(cfg: DataConfig, tree, storage_uri: str | None) -> DecodedCache | None:
+    """The decoded cache's entry for this source and decode setting, where one applies."""
+    root = cache_root(cfg, storage_uri)
+    if root is None:
+        return None
+    if not cacheable(tree.train + tree.test):
+        log.info("%s: not cached on disk (a label manifest's rows carry no file versions to key the cache "
+                 "by); decoded pixels stay in memory for this run", tree.root)
+        return None
+    return DecodedCache(root, tree.root, cfg.decode)
 
 
 def class_counts(records: list[dict], bad: list[dict[str, str]], n_classes: int) -> list[int]:
@@ -313,11 +368,14 @@ def class_counts(records: list[dict], bad: list[dict[str, str]], n_classes: int)
     return [counts.get(i, 0) for i in range(n_classes)]
 
 
-def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None, mixing: Mixing | None = None):
+def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None, mixing: Mixing | None = None,
+              shuffled: bool = False):
     """The per-epoch part of the training pipeline: block order shuffled and
     images augmented again every time the dataset is iterated (lazy: nothing
     runs until an epoch iterates it). ``tasks``: as ``load_dataset``'s;
-    ``mixing``: mixup/CutMix after the augmentation, adding soft ``target`` rows.
+    ``mixing``: mixup/CutMix after the augmentation, adding soft ``target`` rows;
+    ``shuffled``: the dataset shuffles its own block order each pass (a streamed cache,
+    ``ImageDataset.streamed``), so no block shuffle (a barrier over every block) is added.
 
     Randomness across epochs:
 
@@ -335,7 +393,8 @@ def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None, mixing: M
 
     seed = augment.seed
     blocks = _known_blocks(ds)
-    ds = ds.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=int(seed)))
+    if not shuffled:
+        ds = ds.randomize_block_order(seed=None if seed is None else RandomSeedConfig(seed=int(seed)))
     if not augment.enabled and mixing is None:
         return ds
 

@@ -121,6 +121,10 @@ def memory_gate(limit: int) -> MemoryGate:
         return _gates.setdefault(int(limit), MemoryGate(int(limit)))
 
 
+# Listing columns a decoded dataset does not carry: the split's hash key, the cache's file version.
+BOOKKEEPING_COLUMNS = ("rel", "version")
+
+
 class DecodeImages:
     """Ray Data UDF: read each file's bytes (threaded, since S3 GETs are latency
     bound) and decode to uint8 pixels. A file that cannot be read or decoded gives
@@ -133,6 +137,12 @@ class DecodeImages:
         self.io_threads = io_threads
 
     def _one(self, uri: str) -> tuple[np.ndarray | None, str]:
+        img, err, _ = self.one(uri)
+        return img, err
+
+    def one(self, uri: str) -> tuple[np.ndarray | None, str, bool]:
+        """(pixels or None, error or '', whether the error may pass on a retry: a read
+        error, not the file's content; the decoded cache never stores those)."""
         gate = memory_gate(self.decode.max_inflight_bytes)
         try:
             size, stream = _open_object(uri)
@@ -141,19 +151,24 @@ class DecodeImages:
                 with gate.hold(size):
                     plan = plan_decode(_read_body(stream, self.decode.max_file_bytes), self.decode)
                     with gate.hold(plan.memory_bytes, decoding=True):
-                        return plan.run(), ""
+                        return plan.run(), "", False
         except ReadError as exc:  # a vanished object or a network error: report, go on
-            return None, str(exc)
+            return None, str(exc), True
         except BadImage as exc:
-            return None, exc.reason
+            return None, exc.reason, False
 
-    def _results(self, paths: list[str]) -> Iterator[tuple[np.ndarray | None, str]]:
-        """``_one`` for every path, in order, read on ``io_threads`` threads."""
+    def _results(self, paths: list[str], one=None) -> Iterator[Any]:
+        """``_one`` (or ``one``) for every path, in order, read on ``io_threads`` threads."""
+        one = one or self._one
         if len(paths) > 1 and self.io_threads > 1:
             with futures.ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                yield from pool.map(self._one, paths)
+                yield from pool.map(one, paths)
         else:
-            yield from map(self._one, paths)
+            yield from map(one, paths)
+
+    def results(self, paths: list[str]) -> Iterator[tuple[np.ndarray | None, str, bool]]:
+        """``one`` for every path, in order (threaded)."""
+        return self._results(paths, self.one)
 
     def errors(self, paths: list[str]) -> list[str]:
         """Each file's read or decode error ('' when it decodes); pixels are not kept."""
@@ -168,7 +183,7 @@ class DecodeImages:
             if img is not None:
                 images[i] = img
             errors.append(err)
-        out = {k: v for k, v in batch.items() if k != "rel"}
+        out = {k: v for k, v in batch.items() if k not in BOOKKEEPING_COLUMNS}
         out["image"] = images
         out["error"] = np.array(errors, dtype=object)
         return out

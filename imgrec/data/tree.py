@@ -36,7 +36,9 @@ class ImageTree:
 
     root: str  # the tree's root, or the manifest's URI
     class_names: list[str]
-    train: list[dict[str, Any]]  # {"path": uri, "label": int, "rel": "cat/001.jpg" (the split's hash key)}
+    # {"path": uri, "label": int, "rel": "cat/001.jpg" (the split's hash key), "version": "<size>:<ETag or mtime>"}
+    # ("version": what the decoded cache keys a file by; absent where the listing does not know it)
+    train: list[dict[str, Any]]
     test: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     # A manifest's explicit split of some train records: path -> "train" | "val"; the rest split by hash.
@@ -77,7 +79,7 @@ def list_image_tree(uri: str) -> ImageTree:
     if not has_train and any(o.path.startswith("test/") for o in objects):
         # Without this, "test" would silently become a class of the training tree.
         raise DataError(f"{root}: has a test/ folder but no train/ folder; {_layout(root)}")
-    trees: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    trees: dict[str, list[tuple[str, str, str]]] = {"train": [], "test": []}
     skipped: list[dict[str, str]] = []
     for obj in objects:
         rel = obj.path
@@ -94,13 +96,13 @@ def list_image_tree(uri: str) -> ImageTree:
         if not rel.lower().endswith(IMAGE_SUFFIXES):
             skipped.append({"path": obj.uri, "reason": f"not an image file ending {IMAGE_SUFFIXES}"})
             continue
-        trees[split].append((obj.uri, rel))
+        trees[split].append((obj.uri, rel, f"{obj.size}:{obj.version}"))
 
     train_dir = posixpath.join(root, "train") if has_train else root
     if not trees["train"]:
         raise DataError(f"{train_dir}: no images in class folders; {_layout(root)}.{_examples(skipped)}")
-    class_names = sorted({rel.split("/", 1)[0] for _, rel in trees["train"]})
-    counts = Counter(rel.split("/", 1)[0] for _, rel in trees["train"])
+    class_names = sorted({rel.split("/", 1)[0] for _, rel, _ in trees["train"]})
+    counts = Counter(rel.split("/", 1)[0] for _, rel, _ in trees["train"])
     if len(class_names) < 2:
         # An object listing cannot show an empty class folder (S3 has no folders,
         # only keys), so "only one class" is all we can say: name the layout.
@@ -113,12 +115,12 @@ def list_image_tree(uri: str) -> ImageTree:
 
     def records(pairs, split):
         out = []
-        for path, rel in pairs:
+        for path, rel, version in pairs:
             cls = rel.split("/", 1)[0]
             if cls not in index:
                 skipped.append({"path": path, "reason": f"class {cls!r} of {split}/ is not a training class"})
                 continue
-            out.append({"path": path, "label": index[cls], "rel": rel})
+            out.append({"path": path, "label": index[cls], "rel": rel, "version": version})
         return out
 
     train, test = records(trees["train"], "train"), records(trees["test"], "test")

@@ -36,11 +36,16 @@ def list_objects(uri: str, suffixes: tuple[str, ...] | None = None) -> Iterator[
         raise StorageError(f"{uri}: no such file or folder; check the path")
     if os.path.isfile(uri):
         if wanted(uri):
-            yield ObjectInfo(uri, os.path.basename(uri), os.path.getsize(uri))
+            yield _local_info(uri, os.path.basename(uri))
         return
     for rel, full in _walk_sorted(uri, ""):
         if wanted(posixpath.basename(rel)):
-            yield ObjectInfo(full, rel, os.path.getsize(full))
+            yield _local_info(full, rel)
+
+
+def _local_info(path: str, rel: str) -> ObjectInfo:
+    st = os.stat(path)
+    return ObjectInfo(path, rel, st.st_size, str(st.st_mtime_ns), st.st_mtime)
 
 
 def _walk_sorted(folder: str, rel_prefix: str) -> Iterator[tuple[str, str]]:
@@ -69,7 +74,8 @@ def _list_s3(uri: str, wanted: Callable[[str], bool]) -> Iterator[ObjectInfo]:
                 found = True
                 rel = obj["Key"][len(prefix) :]
                 if rel and not rel.endswith("/") and wanted(rel):
-                    yield ObjectInfo(f"s3://{bucket}/{obj['Key']}", rel, int(obj["Size"]))
+                    yield ObjectInfo(f"s3://{bucket}/{obj['Key']}", rel, int(obj["Size"]), _etag(obj),
+                                     _timestamp(obj.get("LastModified")))
     except StorageError:
         raise
     except Exception as exc:
@@ -83,7 +89,16 @@ def _list_s3(uri: str, wanted: Callable[[str], bool]) -> Iterator[ObjectInfo]:
                 return
             raise _explain_boto(exc, uri) from None
         if wanted(key):
-            yield ObjectInfo(uri, posixpath.basename(key), int(head["ContentLength"]))
+            yield ObjectInfo(uri, posixpath.basename(key), int(head["ContentLength"]), _etag(head),
+                             _timestamp(head.get("LastModified")))
+
+
+def _etag(obj: dict) -> str:
+    return str(obj.get("ETag", "")).strip('"')
+
+
+def _timestamp(when) -> float:
+    return when.timestamp() if when is not None else 0.0
 
 
 def exists(uri: str) -> bool:

@@ -19,9 +19,9 @@ class ObjectInfo:
     uri: str  # full URI (s3://bucket/key or an absolute local path)
     path: str  # path relative to the listed prefix, with forward slashes
     size: int
-
-
-
+    # What changes when the content does: the ETag on S3, "<mtime ns>" locally ('' when unknown).
+    version: str = ""
+    modified: float = 0.0  # last modified, seconds since the epoch (0: unknown)
 
 
 def is_s3(uri: str) -> bool:
