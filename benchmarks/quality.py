@@ -1,10 +1,11 @@
 """Accuracy per CPU budget on real photos: the course CNN, the old default and the new
-from-scratch default, each with augmentation none / light / course, on cifar10-dev.
+from-scratch default, each with augmentation none / light / course / randaugment (and mixup, CutMix), on cifar10-dev.
 
     .venv/bin/python benchmarks/quality.py                    # every row, 1 seed (~1.5 h on 2 idle cores)
     .venv/bin/python benchmarks/quality.py --quick            # the three models, light augmentation only
     .venv/bin/python benchmarks/quality.py --rows resnet_small:light --seeds 0,1,2
     .venv/bin/python benchmarks/quality.py --rows small_cnn@64:light         # model@size: --image-size
+    .venv/bin/python benchmarks/quality.py --rows resnet_small:none+mixup0.2  # +mixupA / +cutmixA: Beta alphas
     .venv/bin/python benchmarks/quality.py --table-from a.json b.json   # re-print earlier --json files
 
 Each row is one ``imgrec train`` process (the real CLI: Ray Train on 1 worker,
@@ -50,10 +51,12 @@ CIFAR_DEV = next((p for p in (os.environ.get("IMGREC_CIFAR10_DEV", ""), os.path.
 OLD_RECIPE = ["--optimizer", "adam", "--lr", "1e-3", "--lr-schedule", "constant", "--warmup-epochs", "0",
               "--weight-decay", "0", "--label-smoothing", "0", "--batch-size", "32"]
 RECIPES = {"seed_cifar": OLD_RECIPE, "small_cnn": OLD_RECIPE, "resnet_small": []}  # []: the train defaults
-AUGMENTS = ("none", "light", "course")
+AUGMENTS = ("none", "light", "course", "randaugment")
+MIXES = ("mixup", "cutmix")  # a row's "+mixup0.2" / "+cutmix1.0": --mixup / --cutmix with that Beta alpha
 # small_cnn@64: the old default as `imgrec train` ran it before issue #19, upsampling the 32x32 photos
 # to its 64x64 input size (the issue's baseline: 0.485 test accuracy in 386 s).
-ALL_ROWS = ["small_cnn@64:light", *(f"{m}:{a}" for m in RECIPES for a in AUGMENTS)]
+ALL_ROWS = ["small_cnn@64:light", *(f"{m}:{a}" for m in RECIPES for a in AUGMENTS),
+            "resnet_small:none+mixup0.2", "resnet_small:none+cutmix1.0"]
 QUICK_ROWS = [f"{m}:light" for m in RECIPES]
 
 
@@ -64,10 +67,12 @@ def run_row(row: str, seed: int, args, log) -> dict:
 
     model, augment = row.split(":")
     model, _, size = model.partition("@")
-    run_name = f"{model}{size}-{augment}-s{seed}-{os.urandom(2).hex()}"
+    augment, *mixes = augment.split("+")
+    mix_args = [a for m in mixes for a in (f"--{m.rstrip('0123456789.')}", m.lstrip("abcdefghijklmnopqrstuvwxyz"))]
+    run_name = f"{model}{size}-{augment}{''.join(mixes)}-s{seed}-{os.urandom(2).hex()}"
     cmd = [sys.executable, "-m", "imgrec.cli", "train", "--data", args.data, "--storage", args.storage,
            "--run-name", run_name, "--model", model, "--augment", augment, "--epochs", str(args.epochs),
-           "--workers", "1", "--seed", str(seed), "--no-report", *RECIPES[model], *(["--image-size", size] if size else [])]
+           "--workers", "1", "--seed", str(seed), "--no-report", *RECIPES[model], *(["--image-size", size] if size else []), *mix_args]
     load = os.getloadavg()[0]
     print(f"# {row} seed {seed} (load {load:.1f}) ...", flush=True)
     log.write(f"\n===== {row} seed {seed} {dt.datetime.now():%H:%M:%S}: {' '.join(cmd)}\n")
@@ -124,10 +129,17 @@ def table(results: list[dict]) -> str:
 
 
 def _valid_row(row: str) -> bool:
-    """``model[@size]:augment`` with a known model and augmentation, a size of 16..512."""
+    """``model[@size]:augment[+mixupA][+cutmixA]`` with a known model and augmentation, a size of 16..512."""
     model, _, augment = row.partition(":")
     model, _, size = model.partition("@")
-    return model in RECIPES and augment in AUGMENTS and (not size or (size.isdigit() and 16 <= int(size) <= 512))
+    augment, *mixes = augment.split("+")
+
+    def mix_ok(mix: str) -> bool:
+        name, alpha = mix.rstrip("0123456789."), mix.lstrip("abcdefghijklmnopqrstuvwxyz")
+        return name in MIXES and alpha.replace(".", "", 1).isdigit() and float(alpha) > 0
+
+    return (model in RECIPES and augment in AUGMENTS and all(map(mix_ok, mixes))
+            and (not size or (size.isdigit() and 16 <= int(size) <= 512)))
 
 
 def _pm(line: dict, key: str, digits: int) -> str:
@@ -138,7 +150,7 @@ def _pm(line: dict, key: str, digits: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", help=f"comma-separated model:augment (default: all of {', '.join(ALL_ROWS)})")
+    parser.add_argument("--rows", help=f"comma-separated model[@size]:augment[+mixupA][+cutmixA] (default: all of {', '.join(ALL_ROWS)})")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_ROWS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds per row (e.g. 0,1,2)")
     parser.add_argument("--epochs", type=int, default=10)
@@ -156,7 +168,7 @@ def main() -> None:
     rows = args.rows.split(",") if args.rows else QUICK_ROWS if args.quick else ALL_ROWS
     unknown = [r for r in rows if not _valid_row(r)]
     if unknown:
-        parser.error(f"--rows {unknown}: give model[@size]:augment with model in {sorted(RECIPES)}, augment in "
+        parser.error(f"--rows {unknown}: give model[@size]:augment[+mixupA][+cutmixA] with model in {sorted(RECIPES)}, augment in "
                      f"{AUGMENTS}, size a side in pixels (default: the photos' own)")
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = tempfile.mkdtemp(prefix="imgrec-quality-")

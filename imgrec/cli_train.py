@@ -16,6 +16,7 @@ from imgrec.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
     RESIZE_MODES,
+    SCRATCH_AUGMENT,
     SCRATCH_RECIPE,
     AugmentConfig,
     TrainConfig,
@@ -89,9 +90,10 @@ TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth"
                      "image_size": "128"}
 
 
-# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_small with its recipe
-SCRATCH_DEFAULTS = {next(o.name for o in TRAIN_OPTIONS if o.paths == (path,)): value
-                    for path, value in SCRATCH_RECIPE.items()}
+# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_small with its recipe, and
+# config.SCRATCH_AUGMENT (no augmentation at its 10 epochs)
+SCRATCH_DEFAULTS = {**{next(o.name for o in TRAIN_OPTIONS if o.paths == (path,)): value
+                       for path, value in SCRATCH_RECIPE.items()}, "augment": SCRATCH_AUGMENT}
 
 
 def train_options(**defaults: Any) -> tuple[Option, ...]:
