@@ -179,8 +179,8 @@ def run_imgrec(path: str, uri: str, sampler: Sampler, store: str) -> list[dict]:
     import ray
 
     from imgrec import data, storage
-    from imgrec.layout import DecodedCacheLayout
     from imgrec.config import AugmentConfig, DataConfig, DecodeConfig
+    from imgrec.layout import DecodedCacheLayout
     from imgrec.runtime import ensure_ray
 
     out = []
