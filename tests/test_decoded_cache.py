@@ -160,6 +160,12 @@ def test_an_interrupted_shard_write_leaves_nothing_readable(ray_cluster, tree, t
     again = load_dataset(cfg, storage_uri=store)
     assert again.cache_use.shards_decoded == 1 and os.path.exists(entry.shard(key))
     assert pixel_digest(again.train) == pixel_digest(cold.train)
+    # `cache rm --stale` clears the temp once it is old enough to be a dead writer's.
+    old = time.time() - 2 * decoded_cache.STALE_AFTER_S
+    for name in leftovers:
+        os.utime(os.path.join(entry.shards, name), (old, old))
+    decoded_cache.remove(DecodedCacheLayout.default_root(store), stale=True)
+    assert not [n for n in os.listdir(entry.shards) if n.endswith(".tmp")]
 
 
 def test_a_damaged_shard_is_decoded_again(ray_cluster, tree, tmp_path):

@@ -320,7 +320,8 @@ class EntryInfo:
     meta: dict[str, Any]
     shards: int
     bytes: int
-    unused: list[tuple[str, int, float]]  # (uri, bytes, modified) of shard files the last run did not use
+    # (uri, bytes, modified) of shard files the last run did not use, and of interrupted writes' temps
+    unused: list[tuple[str, int, float]]
 
     @property
     def unused_shards(self) -> int:
@@ -345,7 +346,8 @@ def list_entries(root: str) -> list[EntryInfo]:
         in_use = set(meta.get("shards_in_use", []))
         shards = [(rest.split("/", 1)[1], obj) for rest, obj in objs if rest.startswith(DecodedCacheLayout.shards.name + "/")]
         parsed = [(DecodedCacheLayout.shard_key(name), obj) for name, obj in shards]
-        unused = [(obj.uri, obj.size, obj.modified) for p, obj in parsed if p and p[0] not in in_use]
+        # Shards no run used last, and what killed writers left (temp files are never shards).
+        unused = [(obj.uri, obj.size, obj.modified) for p, obj in parsed if not p or p[0] not in in_use]
         out.append(EntryInfo(layout, meta, sum(1 for p, _ in parsed if p and p[1] == "pixels"),
                              sum(obj.size for _, obj in objs), unused))
     return out
