@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from imgrec import checkpoint as ckpt
 from imgrec import models, storage
 from imgrec.config import (
+    CACHE_MODES,
     ConfigError,
     PredictConfig,
     SweepConfig,
@@ -113,11 +114,15 @@ def check_model(cfg: TrainConfig) -> ModelSpec:
 
 
 def check_inputs(cfg: TrainConfig, *, data: bool = True) -> None:
-    """What a run reads: its data tree (unless handed in) and its weights file."""
+    """What a run reads: its data tree (unless handed in), the decoded cache's folder
+    (written by the decode tasks) and its weights file."""
     if data:
         with blame("data.uri"):
             check_data(cfg.data.uri)
         check_class_weight(cfg)
+        if cfg.data.cache not in CACHE_MODES:
+            with blame("data.cache"):
+                check_storage(cfg.data.cache)
     with blame("model.weights"):
         check_weights(cfg.model.weights)
 

@@ -122,6 +122,9 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
         # more of the same kinds
         "storage bucket missing": (["train", "--data", tree, "--storage", "s3://no-such-bucket/runs"],
                                    "--storage: s3://no-such-bucket/runs: bucket 'no-such-bucket' does not exist"),
+        "cache bucket missing": (["train", "--data", tree, "--storage", f"{work}/runs", "--cache",
+                                  "s3://no-such-bucket/pixels"],
+                                 "--cache: s3://no-such-bucket/pixels: bucket 'no-such-bucket' does not exist"),
         "storage without credentials": (["train", "--data", tree, "--storage", f"{bucket}/runs"],
                                         f"--storage: {bucket}/runs: no AWS credentials found"),
         "one class": (["train", "--data", p["one_class"], "--storage", f"{work}/runs"],
