@@ -23,11 +23,12 @@ from imgrec.layout import DecodedCacheLayout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A fresh process joins the test cluster, loads the data and prints what it saw.
+# A fresh process with a fresh Ray cluster of its own (as a new job on a new cluster would be)
+# loads the data and prints what it saw.
 LOAD_IN_A_FRESH_PROCESS = """
 import hashlib, json, sys
 import numpy as np, ray
-ray.init(address="auto", log_to_driver=False)
+ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
 ray.data.DataContext.get_current().enable_progress_bars = False
 from imgrec.config import DataConfig, DecodeConfig
 from imgrec.data import load_dataset
@@ -80,7 +81,7 @@ def _garble_keeping_size_and_mtime(path: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_a_warm_run_in_a_fresh_process_reads_shards_and_no_image(ray_cluster, tree, tmp_path):
+def test_a_warm_run_in_a_fresh_process_reads_shards_and_no_image(tree, tmp_path):
     store = str(tmp_path / "runs")
     cold = _load_fresh(tree, store)
     assert cold["use"]["shards_read"] == 0 and cold["use"]["rows_decoded"] == 641
@@ -243,14 +244,14 @@ from imgrec.config import AugmentConfig, DataConfig, DecodeConfig, ModelConfig, 
 from imgrec.data import load_dataset
 from imgrec.train import train
 tree, store = sys.argv[1], sys.argv[2]
-synth.make_dataset(tree, task="shapes", classes=3, per_class=120, test_per_class=30, image_size=(32, 32), seed=4)
+synth.make_dataset(tree, task="shapes", classes=3, per_class=150, test_per_class=30, image_size=(32, 32), seed=4)
 out = {}
-for name, budget in (("memory", 0.5), ("stream", 0.005)):  # 0.5 % of 100 MB: 0.5 MB < 1.2 MB of pixels
+for name, budget in (("memory", 0.5), ("stream", 0.005)):  # 0.5 % of 100 MB: 0.5 MB < 1.5 MB of pixels
     data = DataConfig(uri=tree, decode=DecodeConfig(image_size=(32, 32)), memory_budget=budget)
     streamed = load_dataset(data, storage_uri=store).streamed
     result = train(TrainConfig(data=data, model=ModelConfig(name="small_cnn"), augment=AugmentConfig.preset("none"),
-                               storage=store, run_name=name, workers=1, batch_size=16, epochs=6, seed=0,
-                               learning_rate=2e-3, report=False))
+                               storage=store, run_name=name, workers=1, batch_size=16, epochs=10, seed=0,
+                               learning_rate=1e-3, lr_schedule="cosine", report=False))
     out[name] = {"streamed": streamed, "accuracy": result.test_metrics["accuracy"],
                  "epochs": len(result.history)}
 print(json.dumps(out))
@@ -265,7 +266,8 @@ def test_streaming_under_a_small_object_store_trains_like_the_in_memory_path(tmp
     assert out.returncode == 0, out.stderr[-4000:]
     runs = json.loads(out.stdout.strip().splitlines()[-1])
     assert runs["memory"]["streamed"] is False and runs["stream"]["streamed"] is True
-    assert runs["memory"]["epochs"] == runs["stream"]["epochs"] == 6
-    # 90 test images of an easy 3-class task: both learn it; within noise of each other.
-    assert runs["memory"]["accuracy"] > 0.8 and runs["stream"]["accuracy"] > 0.8, runs
-    assert abs(runs["memory"]["accuracy"] - runs["stream"]["accuracy"]) <= 0.12, runs
+    assert runs["memory"]["epochs"] == runs["stream"]["epochs"] == 10
+    # 90 test images of an easy 3-class task, the recipe of the shared run (conftest: 1e-3 cosine,
+    # 10 epochs; 6 epochs at 2e-3 once left one run at 0.64): both learn it, within noise of each other.
+    assert runs["memory"]["accuracy"] > 0.85 and runs["stream"]["accuracy"] > 0.85, runs
+    assert abs(runs["memory"]["accuracy"] - runs["stream"]["accuracy"]) <= 0.1, runs

@@ -186,11 +186,12 @@ class DecodedCache:
                                   batch_format="pyarrow", compute=compute)
 
         if stream:
-            written = source(misses, write_only=True).materialize() if misses else None
+            if misses:  # the write pass: decode and write, keep only a row count per shard
+                source(misses, write_only=True).materialize()
             self._pixels |= {s.key for s in misses}  # read from now on (a shard not written decodes again)
             ds = source(shards)
         else:
-            ds = written = source(shards).materialize()
+            ds = source(shards).materialize()
         bad = self._bad_files([s for s in hits if s.key in self._bad])
         if misses:
             pixels, with_bad = self._scan()
@@ -198,8 +199,8 @@ class DecodedCache:
             self.use.shards_unwritten += len(unwritten)
             bad += self._bad_files([s for s in misses if s.key in pixels and s.key in with_bad])
             bad += self._recheck(unwritten)
-        count = ds.count() if written is ds else len(records) - len(bad)  # streamed: from the shards' bad lists
-        return ds, count, bad
+        # Materialized: the block metadata's count (free); streamed: every record but the bad ones.
+        return ds, len(records) - len(bad) if stream else ds.count(), bad
 
     def _recheck(self, shards: list[Shard]) -> list[dict[str, str]]:
         """The bad files of shards a read error kept out of the cache: read them again
