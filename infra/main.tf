@@ -10,6 +10,8 @@
 #   sweeps/                 read, write, delete                read; write only sweeps/*/trials/* (and the
 #                                                              empty folder markers pyarrow creates);
 #                                                              delete only sweeps/*/trials/*/checkpoint_*/
+#   runs/.cache/ sweeps/.cache/ (the decoded cache: imgrec.data.cache)
+#                           read, write, delete                read, write (decode tasks write shards)
 #   predictions/ scratch/   read, write, delete                nothing
 # Workers may never write Ray Tune's state files (*.pkl, *-state-*.json): Tune
 # unpickles them on the head when a sweep is resumed. Every upload must use the
@@ -553,6 +555,15 @@ data "aws_iam_policy_document" "s3_worker" {
       "${aws_s3_bucket.main.arn}/sweeps/",
       "${aws_s3_bucket.main.arn}/sweeps/*/",
     ]
+  }
+
+  # The decoded cache's shards, written by the Ray Data decode tasks of a sweep (a run's
+  # cache, runs/.cache/, is under runs/* above). Reads: ReadCheckpoints. The head lists,
+  # removes and writes entry.json (s3_head).
+  statement {
+    sid       = "WriteSweepDecodedCache"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.main.arn}/sweeps/.cache/*"]
   }
 
   # Ray's checkpoint pruning (delete_dir of checkpoint_<time>/: its objects

@@ -271,3 +271,19 @@ def test_streaming_under_a_small_object_store_trains_like_the_in_memory_path(tmp
     # 10 epochs; 6 epochs at 2e-3 once left one run at 0.64): both learn it, within noise of each other.
     assert runs["memory"]["accuracy"] > 0.85 and runs["stream"]["accuracy"] > 0.85, runs
     assert abs(runs["memory"]["accuracy"] - runs["stream"]["accuracy"]) <= 0.1, runs
+
+
+def test_an_unwritable_cache_costs_the_next_run_a_decode_not_this_run(ray_cluster, tree, tmp_path):
+    """Every shard write fails (the entry's shards/ is a file): the run loads all the same, with
+    the right counts and bad files, and says how many shards it could not cache."""
+    root = str(tmp_path / "pixels")
+    decode = DecodeConfig(image_size=(24, 24))
+    entry = DecodedCacheLayout.entry_of(root, decoded_cache.entry_key(storage.normalize(tree), decode))
+    os.makedirs(entry.uri)
+    with open(entry.shards, "w") as fh:
+        fh.write("in the way")
+    cached = load_dataset(DataConfig(uri=tree, decode=decode, cache=root))
+    plain = load_dataset(DataConfig(uri=tree, decode=decode, cache="memory"))
+    assert cached.cache_use.shards_unwritten == cached.cache_use.shards_decoded > 0
+    assert cached.counts == plain.counts and cached.bad_files == plain.bad_files
+    assert pixel_digest(cached.train) == pixel_digest(plain.train)

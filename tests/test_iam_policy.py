@@ -224,6 +224,16 @@ S3_CASES = [
     ("worker", "s3:PutObject", f"{RUN}/tuner.pkl", DENY),  # a sweep stored under runs/
     ("head", "s3:PutObject", f"{SWEEP}/tuner.pkl", ALLOW),
     ("head", "s3:PutObject", f"{SWEEP}/experiment_state-2026-12-01_10-00-00.json", ALLOW),
+    # The decoded cache (imgrec.data.cache): decode tasks write and read shards under a run's or a
+    # sweep's storage; the head lists, writes entry.json and removes (`imgrec cache rm`).
+    ("worker", "s3:PutObject", "runs/.cache/decoded-ab12/shards/cd34.parquet", ALLOW),
+    ("worker", "s3:PutObject", "sweeps/.cache/decoded-ab12/shards/cd34.parquet", ALLOW),
+    ("worker", "s3:PutObject", "sweeps/.cache/decoded-ab12/shards/cd34.bad.json", ALLOW),
+    ("worker", "s3:GetObject", "sweeps/.cache/decoded-ab12/shards/cd34.parquet", ALLOW),
+    ("worker", "s3:PutObject", "sweeps/.cache/tuner.pkl", DENY),
+    ("worker", "s3:DeleteObject", "sweeps/.cache/decoded-ab12/shards/cd34.parquet", DENY),
+    ("head", "s3:DeleteObject", "sweeps/.cache/decoded-ab12/shards/cd34.parquet", ALLOW),
+    ("head", "s3:PutObject", "sweeps/.cache/decoded-ab12/entry.json", ALLOW),
     # Predictions and scratch are the head's.
     ("worker", "s3:PutObject", "predictions/new/predictions/part-ab12.parquet", DENY),
     ("worker", "s3:GetObject", "predictions/new/summary.json", DENY),

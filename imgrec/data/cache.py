@@ -119,7 +119,7 @@ class CacheUse:
     shards_read: int = 0
     shards_decoded: int = 0
     rows_decoded: int = 0
-    shards_unwritten: int = 0  # a read error in them: decoded, not cached
+    shards_unwritten: int = 0  # decoded, not cached: a read error in them, or the cache not writable
     keys: list[str] = field(default_factory=list)
 
     def brief(self, streamed: bool = False) -> str:
@@ -129,7 +129,8 @@ class CacheUse:
 
     def summary(self) -> str:
         total = self.shards_read + self.shards_decoded
-        unwritten = f", {self.shards_unwritten} not cached (read errors)" if self.shards_unwritten else ""
+        unwritten = (f", {self.shards_unwritten} not cached (a read error, or the cache is not writable)"
+                     if self.shards_unwritten else "")
         return (f"decoded cache {self.uri}: {self.shards_read} of {total} shards read, {self.shards_decoded} "
                 f"decoded and written ({self.rows_decoded} images){unwritten}")
 
@@ -186,8 +187,8 @@ class DecodedCache:
                                   batch_format="pyarrow", compute=compute)
 
         if stream:
-            if misses:  # the write pass: decode and write, keep only a row count per shard
-                source(misses, write_only=True).materialize()
+            # The write pass: decode and write, keep only a row count per shard.
+            rows = {r["key"]: r["rows"] for r in source(misses, write_only=True).take_all()} if misses else {}
             self._pixels |= {s.key for s in misses}  # read from now on (a shard not written decodes again)
             ds = source(shards)
         else:
@@ -198,14 +199,20 @@ class DecodedCache:
             unwritten = [s for s in misses if s.key not in pixels]
             self.use.shards_unwritten += len(unwritten)
             bad += self._bad_files([s for s in misses if s.key in pixels and s.key in with_bad])
-            bad += self._recheck(unwritten)
+            if stream:
+                suspects = [r for s in unwritten if rows.get(s.key, 0) < len(s.records) for r in s.records]
+            else:
+                kept = {str(r["path"]) for r in ds.select_columns(["path"]).take_all()} if unwritten else set()
+                suspects = [r for s in unwritten for r in s.records if r["path"] not in kept]
+            bad += self._recheck(suspects)
         # Materialized: the block metadata's count (free); streamed: every record but the bad ones.
         return ds, len(records) - len(bad) if stream else ds.count(), bad
 
-    def _recheck(self, shards: list[Shard]) -> list[dict[str, str]]:
-        """The bad files of shards a read error kept out of the cache: read them again
-        here for their reasons (rare: a network error while decoding)."""
-        paths = [r["path"] for s in shards for r in s.records]
+    def _recheck(self, records: list[dict]) -> list[dict[str, str]]:
+        """Why files of shards that were not cached (a read error, an unwritable cache) did not
+        decode: read them again here (only files missing from the rows, or of a shard that lost
+        some)."""
+        paths = [r["path"] for r in records]
         return [{"path": p, "reason": err} for p, err in zip(paths, DecodeImages(self.decode).errors(paths),
                                                              strict=True) if err]
 
@@ -264,9 +271,13 @@ class ShardSource(DecodeImages):
                 retry = retry or transient
         paths, labels, images = [p for p, k in zip(paths, ok, strict=True) if k], np.asarray(labels)[ok], images[ok]
         if not retry:
-            if bad:
-                storage.atomic_write(self.layout.bad(key), json.dumps(bad))
-            storage.write_bytes(self.layout.shard(key), shard_bytes(paths, labels, images))
+            try:
+                if bad:
+                    storage.atomic_write(self.layout.bad(key), json.dumps(bad))
+                storage.write_bytes(self.layout.shard(key), shard_bytes(paths, labels, images))
+            except Exception as exc:  # noqa: BLE001 - an unwritable cache costs the next run a decode, not this run
+                log.warning("decoded cache: cannot write shard %s (%s: %s); this run goes on, the next one "
+                            "decodes these files again", self.layout.shard(key), type(exc).__name__, str(exc)[:200])
         return ray_table(paths, labels, images)
 
 

@@ -101,7 +101,8 @@ def sweep(cfg: SweepConfig, *, dataset=None) -> SweepResult:
     uri = sweep_uri(cfg)
     ensure_ray()
     from ray import tune
-    data = dataset or load_dataset(cfg.base.data, tasks=data_tasks(cluster_view()), storage_uri=cfg.base.storage)
+    # The decoded cache of a sweep lives under the sweep storage (its trials write there, not to base.storage).
+    data = dataset or load_dataset(cfg.base.data, tasks=data_tasks(cluster_view()), storage_uri=cfg.storage)
     print(f"[imgrec] sweep {uri}: {cfg.num_samples} trial(s), search {search_method(cfg)}, "
           f"scheduler {cfg.scheduler}; data {data.summary()}", flush=True)
 
