@@ -399,7 +399,10 @@ def augmented(ds, augment: AugmentConfig, *, tasks: int | None = None, mixing: M
         return ds
 
     udf = Augmenter(augment, mixing=mixing) if seed is None else _EpochSaltedAugmenter(augment, mixing)
-    return ds.map_batches(udf, batch_size=AUGMENT_BATCH, batch_format="numpy",
+    # A streamed cache's rows are shards (one per block) that Ray Data fuses with this map: a
+    # batch of AUGMENT_BATCH rows would then be 64 shards, the whole epoch in one task (measured:
+    # 1 task, blocks larger than the object store, spilled). Whole blocks keep a task per shard.
+    return ds.map_batches(udf, batch_size=None if shuffled else AUGMENT_BATCH, batch_format="numpy",
                           compute=_pool(tasks, blocks))
 
 
