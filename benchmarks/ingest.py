@@ -385,14 +385,20 @@ def run_child(path: str, args, env: dict, log) -> list[dict]:
     env = {**env, "RAY_worker_niceness": str(args.ray_niceness)}
     print(f"  {path} ...", end="", flush=True)
     t0 = time.time()
+    rows = child_rows(cmd, env, log)
+    if rows:
+        print(f" {time.time() - t0:.0f} s", flush=True)
+    return rows
+
+
+def child_rows(cmd: list[str], env: dict, log) -> list[dict]:
+    """Run a child path and return the rows of its ``RESULT`` line ([] and a note if it failed)."""
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         print(f" failed (exit {proc.returncode}); see {log.name}", flush=True)
         return []
-    rows = json.loads(lines[-1][7:])
-    print(f" {time.time() - t0:.0f} s", flush=True)
-    return rows
+    return json.loads(lines[-1][7:])
 
 
 def table(rows: list[dict]) -> str:

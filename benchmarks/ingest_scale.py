@@ -46,14 +46,13 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ingest  # noqa: E402 - the Sampler, record() and moto machinery
-from ingest import AUGMENT, BATCH, EPOCHS, Sampler, loadavg, psutil, record  # noqa: E402
+from ingest import AUGMENT, BATCH, EPOCHS, Sampler, child_rows, loadavg, psutil, record  # noqa: E402
 
 PATHS = ("imgrec", "imgrec-stream", "tfdata", "tfdata-cache", "tfdata-snapshot", "raydata", "plain-s3")
 S3_PATHS = ("imgrec", "plain-s3")
@@ -285,12 +284,9 @@ def run_child(path: str, phase: str, case: dict, args, env: dict, log) -> list[d
     print(f"  {case['dataset']} {case['where']} {case['size']}px {path} {phase} (load {loadavg()}) ...",
           end="", flush=True)
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        print(f" failed (exit {proc.returncode}); see {log.name}", flush=True)
+    rows = child_rows(cmd, env, log)
+    if not rows:
         return []
-    rows = json.loads(lines[-1][7:])
     e = {r["epoch"]: r["images_per_s"] for r in rows if r["images"]}
     print(f" {time.time() - t0:.0f} s: {' / '.join(f'{v:.0f}' for v in e.values())} img/s", flush=True)
     tags = {k: case[k] for k in ("dataset", "where", "size", "n")}
