@@ -231,19 +231,24 @@ def warm_up_ray_data(s3: bool) -> None:
     ray.data.range(cpus, override_num_blocks=cpus).map_batches(touch).materialize()
 
 
-def run_tfdata(path: str, root: str, sampler: Sampler) -> list[dict]:
-    with sampler.phase() as ph:
-        import keras
-        import tensorflow as tf
-        from keras import layers
-    out = [record(path, "start-up", 0, ph, note="import tensorflow + keras")]
-    augment = keras.Sequential([
+def keras_augmentation(keras, layers):
+    """The Keras layers that match ``AUGMENT`` (the tf.data baselines' augmentation)."""
+    return keras.Sequential([
         layers.RandomFlip("horizontal"),
         layers.RandomRotation(0.1),
         layers.RandomZoom(0.1),
         layers.RandomTranslation(0.1, 0.1),
         layers.RandomBrightness(0.2, value_range=(0, 255)),
     ])
+
+
+def run_tfdata(path: str, root: str, sampler: Sampler) -> list[dict]:
+    with sampler.phase() as ph:
+        import keras
+        import tensorflow as tf
+        from keras import layers
+    out = [record(path, "start-up", 0, ph, note="import tensorflow + keras")]
+    augment = keras_augmentation(keras, layers)
     ds = None
     for epoch in range(1, EPOCHS + 1):
         with sampler.phase() as ph:

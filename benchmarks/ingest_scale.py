@@ -132,13 +132,7 @@ def run_tfdata(args, sampler: Sampler) -> list[dict]:
         import tensorflow as tf
         from keras import layers
     out = [record(args.child, "start-up", 0, ph)]
-    augment = keras.Sequential([
-        layers.RandomFlip("horizontal"),
-        layers.RandomRotation(0.1),
-        layers.RandomZoom(0.1),
-        layers.RandomTranslation(0.1, 0.1),
-        layers.RandomBrightness(0.2, value_range=(0, 255)),
-    ])
+    augment = ingest.keras_augmentation(keras, layers)
     snapshot = os.path.join(args.workdir, "tf-snapshots", f"{os.path.basename(os.path.dirname(args.uri))}-{args.size}")
     if args.child == "tfdata-snapshot" and args.phase == "cold":
         shutil.rmtree(snapshot, ignore_errors=True)
