@@ -136,10 +136,6 @@ class DecodeImages:
         self.decode = decode
         self.io_threads = io_threads
 
-    def _one(self, uri: str) -> tuple[np.ndarray | None, str]:
-        img, err, _ = self.one(uri)
-        return img, err
-
     def one(self, uri: str) -> tuple[np.ndarray | None, str, bool]:
         """(pixels or None, error or '', whether the error may pass on a retry: a read
         error, not the file's content; the decoded cache never stores those)."""
@@ -157,29 +153,24 @@ class DecodeImages:
         except BadImage as exc:
             return None, exc.reason, False
 
-    def _results(self, paths: list[str], one=None) -> Iterator[Any]:
-        """``_one`` (or ``one``) for every path, in order, read on ``io_threads`` threads."""
-        one = one or self._one
+    def results(self, paths: list[str]) -> Iterator[tuple[np.ndarray | None, str, bool]]:
+        """``one`` for every path, in order, read on ``io_threads`` threads."""
         if len(paths) > 1 and self.io_threads > 1:
             with futures.ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                yield from pool.map(one, paths)
+                yield from pool.map(self.one, paths)
         else:
-            yield from map(one, paths)
-
-    def results(self, paths: list[str]) -> Iterator[tuple[np.ndarray | None, str, bool]]:
-        """``one`` for every path, in order (threaded)."""
-        return self._results(paths, self.one)
+            yield from map(self.one, paths)
 
     def errors(self, paths: list[str]) -> list[str]:
         """Each file's read or decode error ('' when it decodes); pixels are not kept."""
-        return [err for _, err in self._results(paths)]
+        return [err for _, err, _ in self.results(paths)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
         h, w = self.decode.image_size
         images = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
         errors = []
-        for i, (img, err) in enumerate(self._results(paths)):
+        for i, (img, err, _) in enumerate(self.results(paths)):
             if img is not None:
                 images[i] = img
             errors.append(err)
