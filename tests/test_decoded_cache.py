@@ -162,7 +162,7 @@ def test_an_interrupted_shard_write_leaves_nothing_readable(ray_cluster, tree, t
     assert again.cache_use.shards_decoded == 1 and os.path.exists(entry.shard(key))
     assert pixel_digest(again.train) == pixel_digest(cold.train)
     # `cache rm --stale` clears the temp once it is old enough to be a dead writer's.
-    old = time.time() - 2 * decoded_cache.STALE_AFTER_S
+    old = time.time() - 2 * storage.STALE_TEMP_AGE_S
     for name in leftovers:
         os.utime(os.path.join(entry.shards, name), (old, old))
     decoded_cache.remove(DecodedCacheLayout.default_root(store), stale=True)

@@ -45,7 +45,7 @@ import numpy as np
 from imgrec import storage
 from imgrec.config import CACHE_MODES, DataConfig, DecodeConfig
 from imgrec.data.read import DecodeImages
-from imgrec.data.tree import split_hash
+from imgrec.data.tree import class_mixed
 from imgrec.hashing import unit_hash
 from imgrec.layout import DecodedCacheLayout
 
@@ -90,17 +90,14 @@ def shard_count(rows: int) -> int:
 
 
 def plan_shards(records: list[dict[str, Any]]) -> list[Shard]:
-    """A split's records in hash buckets of their path; within a shard, a hash order that
-    mixes classes (a listing comes sorted by class folder: see ``datasets._decoded``)."""
+    """A split's records in hash buckets of their path; within a shard, ``class_mixed`` order."""
     n = shard_count(len(records))
     buckets: list[list[dict]] = [[] for _ in range(n)]
     for rec in records:
         buckets[int(unit_hash(f"shard:{rec['path']}") * n)].append(rec)
     shards = []
-    for bucket in buckets:
-        if not bucket:
-            continue
-        bucket.sort(key=lambda r: split_hash(r.get("rel", r["path"]), 7919))
+    for bucket in filter(None, buckets):
+        bucket = class_mixed(bucket)
         lines = "\n".join(f"{r['path']}\t{int(r['label'])}\t{r['version']}" for r in bucket)
         shards.append(Shard(hashlib.sha256(lines.encode()).hexdigest()[:32], bucket))
     return shards
@@ -332,8 +329,7 @@ class EntryInfo:
     meta: dict[str, Any]
     shards: int
     bytes: int
-    # (uri, bytes, modified) of shard files the last run did not use, and of interrupted writes' temps
-    unused: list[tuple[str, int, float]]
+    unused: list[tuple[str, int, float]]  # (uri, bytes, modified) of shard files the last run did not use
 
     @property
     def unused_shards(self) -> int:
@@ -358,8 +354,7 @@ def list_entries(root: str) -> list[EntryInfo]:
         in_use = set(meta.get("shards_in_use", []))
         shards = [(rest.split("/", 1)[1], obj) for rest, obj in objs if rest.startswith(DecodedCacheLayout.shards.name + "/")]
         parsed = [(DecodedCacheLayout.shard_key(name), obj) for name, obj in shards]
-        # Shards no run used last, and what killed writers left (temp files are never shards).
-        unused = [(obj.uri, obj.size, obj.modified) for p, obj in parsed if not p or p[0] not in in_use]
+        unused = [(obj.uri, obj.size, obj.modified) for p, obj in parsed if p and p[0] not in in_use]
         out.append(EntryInfo(layout, meta, sum(1 for p, _ in parsed if p and p[1] == "pixels"),
                              sum(obj.size for _, obj in objs), unused))
     return out
@@ -368,8 +363,9 @@ def list_entries(root: str) -> list[EntryInfo]:
 def remove(root: str, *, entries: list[str] = (), stale: bool = False, older_than_days: float | None = None,
            everything: bool = False) -> tuple[int, int]:
     """Remove whole entries (by key prefix, unused for ``older_than_days``, or all) and,
-    with ``stale``, the shards no run used last (older than ``STALE_AFTER_S``).
-    Returns (files removed, bytes freed)."""
+    with ``stale``, the shards no run used last (older than ``STALE_AFTER_S``) and the temp
+    files killed writers left (``storage.remove_stale_temps``: local only, an S3 PUT leaves
+    none). Returns (files removed, bytes freed; the temps' bytes are not counted)."""
     removed = freed = 0
     now = time.time()
     for info in list_entries(root):
@@ -386,4 +382,6 @@ def remove(root: str, *, entries: list[str] = (), stale: bool = False, older_tha
                 if now - modified >= STALE_AFTER_S:
                     storage.delete_prefix(uri)
                     removed, freed = removed + 1, freed + size
+            if not storage.is_s3(info.layout.uri) and storage.exists(info.layout.shards):
+                removed += storage.remove_stale_temps(info.layout.shards)
     return removed, freed

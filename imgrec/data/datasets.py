@@ -20,8 +20,8 @@ from imgrec.data.tree import (
     CIFAR10_CLASSES,
     DataError,
     check_label_range,
+    class_mixed,
     path_reasons,
-    split_hash,
     split_records,
     tree_relpath,
 )
@@ -98,11 +98,7 @@ def _decoded(records: list[dict], decode: DecodeConfig, *, cache: bool, rows_per
         return None, 0, []
     if persistent is not None:
         return persistent.load(records, tasks=tasks, pool=_pool, stream=stream, shuffle_seed=shuffle_seed)
-    # Listings come sorted by class folder: blocks cut from that order each hold
-    # one class, and per-epoch block shuffling plus a local buffer cannot undo it
-    # (batches of a single class; BatchNorm-heavy nets then do not learn). A
-    # deterministic hash order mixes classes within every block.
-    records = sorted(records, key=lambda r: split_hash(r.get("rel", r["path"]), 7919))
+    records = class_mixed(records)
     blocks = num_blocks(len(records), rows_per_block)
     ds = ray.data.from_items(records, override_num_blocks=blocks)
     if not cache:
@@ -165,7 +161,7 @@ def _array_dataset(images: np.ndarray, records: list[dict], decode: DecodeConfig
 
     if not records:
         return None
-    records = sorted(records, key=lambda r: split_hash(r["rel"], 7919))  # mix classes across blocks (see _decoded)
+    records = class_mixed(records)
     idx = np.array([r["index"] for r in records])
     imgs = as_rgb_uint8(np.asarray(images)[idx])
     h, w = decode.image_size
@@ -331,7 +327,8 @@ def load_dataset(
 
 def _over_budget(cfg: DataConfig, rows: int, persistent: DecodedCache | None) -> bool:
     """Whether ``rows`` decoded images exceed ``cfg.memory_budget`` of the cluster's object
-    store. Streaming needs the disk cache; without one, such a set is decoded every epoch."""
+    store. Streaming needs the disk cache; without one, such a set is materialized anyway
+    (with a warning saying what to set)."""
     import ray
 
     h, w = cfg.decode.image_size

@@ -133,6 +133,14 @@ def split_hash(rel: str, seed: int) -> float:
     return unit_hash(f"{seed}:{rel}")
 
 
+def class_mixed(records: list[dict]) -> list[dict]:
+    """Records in a deterministic hash order that mixes classes. Listings come sorted by
+    class folder: blocks (or shards) cut from that order each hold one class, and per-epoch
+    block shuffling plus a local buffer cannot undo it (batches of a single class;
+    BatchNorm-heavy nets then do not learn)."""
+    return sorted(records, key=lambda r: split_hash(r.get("rel", r["path"]), 7919))
+
+
 def split_records(records: list[dict], fraction: float, seed: int = 0,
                   fixed: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Deterministic train/validation split by a hash of each file's relative path.
