@@ -61,11 +61,6 @@ def cache_rm(
         raise typer.BadParameter("say what to remove: ENTRY..., --stale, --older-than DAYS or --all")
     with clear_errors():
         root = _root(cache, storage_uri)
-        known = {e.layout.key for e in decoded_cache.list_entries(root)}
-        unknown = [e for e in entries or () if not any(k.startswith(e.removeprefix(DecodedCacheLayout.PREFIX))
-                                                      for k in known)]
-        if unknown:
-            raise ValueError(f"{root}: no entry {unknown[0]!r}; `imgrec cache ls {root}` lists them")
         files, freed = decoded_cache.remove(root, entries=list(entries or ()), stale=stale,
                                             older_than_days=older_than, everything=everything)
     typer.echo(f"{root}: removed {files} files, {_mb(freed)} MB ({dt.datetime.now():%H:%M:%S})")

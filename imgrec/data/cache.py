@@ -365,14 +365,19 @@ def remove(root: str, *, entries: list[str] = (), stale: bool = False, older_tha
     """Remove whole entries (by key prefix, unused for ``older_than_days``, or all) and,
     with ``stale``, the shards no run used last (older than ``STALE_AFTER_S``) and the temp
     files killed writers left (``storage.remove_stale_temps``: local only, an S3 PUT leaves
-    none). Returns (files removed, bytes freed; the temps' bytes are not counted)."""
+    none). Returns (files removed, bytes freed; the temps' bytes are not counted). An entry
+    that matches nothing is an error, raised before anything is removed."""
+    infos = list_entries(root)
+    prefixes = [e.removeprefix(DecodedCacheLayout.PREFIX) for e in entries]
+    unknown = [e for e, p in zip(entries, prefixes, strict=True) if not any(i.layout.key.startswith(p) for i in infos)]
+    if unknown:  # before anything is removed
+        raise ValueError(f"{root}: no entry {unknown[0]!r}; `imgrec cache ls {root}` lists them")
     removed = freed = 0
     now = time.time()
-    for info in list_entries(root):
+    for info in infos:
         last = info.meta.get("last_used")
         age_days = (now - dt.datetime.fromisoformat(last).timestamp()) / 86400 if last else math.inf
-        whole = (everything or any(info.layout.key.startswith(e.removeprefix(DecodedCacheLayout.PREFIX))
-                                   for e in entries)
+        whole = (everything or any(info.layout.key.startswith(p) for p in prefixes)
                  or (older_than_days is not None and age_days >= older_than_days))
         if whole:
             removed += storage.delete_prefix(info.layout.uri)
