@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from imgrec import storage
-from imgrec.config import DataConfig, DecodeConfig, from_dict, to_dict
+from imgrec.config import ConfigError, DataConfig, DecodeConfig, from_dict, to_dict
 from imgrec.data import cache as decoded_cache
 from imgrec.data import load_dataset
 from imgrec.layout import DecodedCacheLayout
@@ -203,6 +203,18 @@ def test_cache_modes_and_old_configs():
     assert decoded_cache.cache_root(DataConfig(cache="memory"), "s3://b/runs") is None
     assert decoded_cache.cache_root(DataConfig(cache="off"), "s3://b/runs") is None
     assert decoded_cache.cache_root(DataConfig(cache="s3://c/pixels"), "s3://b/runs") == "s3://c/pixels"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("cache", "", "cache must be auto, memory, off or a folder URI"),
+    ("cache", 3, "cache must be auto, memory, off or a folder URI"),
+    ("memory_budget", 1.5, "memory_budget is a fraction of the object store, 0..1"),
+    ("memory_budget", -0.1, "memory_budget is a fraction of the object store, 0..1"),
+])
+def test_bad_cache_settings_are_refused_naming_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        DataConfig(**{field: value})
+    assert err.value.field == field
 
 
 def test_shards_are_hash_buckets_so_one_new_file_moves_one_shard():
