@@ -23,7 +23,8 @@ Each model trains with its own recipe:
 * ``seed_cifar`` (the course CNN) and ``small_cnn`` (the old default): Adam 1e-3,
   constant, batch 32, no weight decay or label smoothing, as the course and
   imgrec before issue #19 trained them;
-* ``resnet_small``: the ``train`` command's defaults (``config.SCRATCH_RECIPE``).
+* ``resnet_tiny``: the ``train`` command's defaults (``config.SCRATCH_RECIPE``, bfloat16 where
+  the CPU has it); ``resnet_small``: the same recipe in float32, as it was measured as the default.
 
 Every model decodes at the photos' own 32x32 (the size default since issue #19), except a
 ``model@size`` row: ``small_cnn@64`` is the old default as it ran before, upsampled to 64x64.
@@ -50,8 +51,10 @@ CIFAR_DEV = next((p for p in (os.environ.get("IMGREC_CIFAR10_DEV", ""), os.path.
 # The recipe imgrec trained the course models and small_cnn with before issue #19.
 OLD_RECIPE = ["--optimizer", "adam", "--lr", "1e-3", "--lr-schedule", "constant", "--warmup-epochs", "0",
               "--weight-decay", "0", "--label-smoothing", "0", "--batch-size", "32"]
-RECIPES = {"seed_cifar": OLD_RECIPE, "small_cnn": OLD_RECIPE, "resnet_small": []}  # []: the train defaults
-AUGMENTS = ("none", "light", "course", "randaugment")
+# resnet_small: the train recipe as it was measured when it was the default (float32)
+RECIPES = {"seed_cifar": OLD_RECIPE, "small_cnn": OLD_RECIPE, "resnet_small": ["--precision", "float32"],
+           "resnet_tiny": []}  # []: the train defaults
+AUGMENTS = ("none", "flip", "light", "course", "randaugment")
 MIXES = ("mixup", "cutmix")  # a row's "+mixup0.2" / "+cutmix1.0": --mixup / --cutmix with that Beta alpha
 # small_cnn@64: the old default as `imgrec train` ran it before issue #19, upsampling the 32x32 photos
 # to its 64x64 input size (the issue's baseline: 0.485 test accuracy in 386 s).
@@ -72,7 +75,8 @@ def run_row(row: str, seed: int, args, log) -> dict:
     run_name = f"{model}{size}-{augment}{''.join(mixes)}-s{seed}-{os.urandom(2).hex()}"
     cmd = [sys.executable, "-m", "imgrec.cli", "train", "--data", args.data, "--storage", args.storage,
            "--run-name", run_name, "--model", model, "--augment", augment, "--epochs", str(args.epochs),
-           "--workers", "1", "--seed", str(seed), "--no-report", *RECIPES[model], *(["--image-size", size] if size else []), *mix_args]
+           "--workers", "1", "--seed", str(seed), "--no-report", *RECIPES[model], *(["--image-size", size] if size else []), *mix_args,
+           *args.train_args.split()]
     load = os.getloadavg()[0]
     print(f"# {row} seed {seed} (load {load:.1f}) ...", flush=True)
     log.write(f"\n===== {row} seed {seed} {dt.datetime.now():%H:%M:%S}: {' '.join(cmd)}\n")
@@ -83,7 +87,8 @@ def run_row(row: str, seed: int, args, log) -> dict:
     sampler.start()
     code = proc.wait()
     wall, cpu = time.time() - started, sampler.stop()
-    base = {"row": row, "model": model, "size": size or "data", "augment": augment, "seed": seed, "load": load,
+    label = f"{row} {args.train_args}".strip()  # a row with --train-args is a row of its own
+    base = {"row": label, "model": model, "size": size or "data", "augment": augment, "seed": seed, "load": load,
             "load_end": os.getloadavg()[0], "wall_s": wall, "cpu_min": cpu / 60}
     if code != 0:
         return {**base, "error": f"exit {code}, see {log.name}"}
@@ -157,6 +162,7 @@ def main() -> None:
     parser.add_argument("--data", default=CIFAR_DEV, help="an image tree with train/ and test/ (cifar10-dev)")
     parser.add_argument("--storage", help="run folders (default: a new temporary folder)")
     parser.add_argument("--json", help="write every run's figures here")
+    parser.add_argument("--train-args", default="", help="more `imgrec train` options for every row, e.g. '--tta flip'")
     parser.add_argument("--table-from", nargs="+", help="print the table of earlier --json files and stop")
     args = parser.parse_args()
     if args.table_from:

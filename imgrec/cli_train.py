@@ -15,6 +15,7 @@ from imgrec.cli_options import Option, build, command, parse_freeze, parse_size
 from imgrec.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
+    PRECISIONS,
     RESIZE_MODES,
     SCRATCH_AUGMENT,
     SCRATCH_RECIPE,
@@ -37,6 +38,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("head", ("model.head",), "Transfer head.", choices=HEADS),
     Option("dropout", ("model.dropout",), "Dropout before the output layer."),
     Option("alpha", ("model.alpha",), "MobileNet width multiplier."),
+    Option("precision", ("model.precision",), "Compute dtype: float32, mixed_bfloat16 (float32 weights), or auto "
+           "(mixed_bfloat16 on a CPU with bfloat16 instructions and no GPU, else float32).", choices=PRECISIONS),
     Option("image_size", ("data.decode.image_size",), "N or HxW (height x width); unset: the model's input size.",
            kind=str, parse=parse_size),
     Option("resize", ("data.decode.resize",), "How images reach the model size.", choices=RESIZE_MODES),
@@ -90,8 +93,8 @@ TRANSFER_DEFAULTS = {"model": "mobilenet", "weights": "imagenet", "freeze_depth"
                      "image_size": "128"}
 
 
-# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_small with its recipe, and
-# config.SCRATCH_AUGMENT (no augmentation at its 10 epochs)
+# train (from scratch) starts from config.SCRATCH_RECIPE: resnet_tiny with its recipe, and
+# config.SCRATCH_AUGMENT (horizontal flips only at its 10 epochs)
 SCRATCH_DEFAULTS = {**{next(o.name for o in TRAIN_OPTIONS if o.paths == (path,)): value
                        for path, value in SCRATCH_RECIPE.items()}, "augment": SCRATCH_AUGMENT}
 
@@ -119,7 +122,8 @@ def _train_command(options: tuple[Option, ...], doc: str):
 
 train_command = _train_command(
     train_options(**SCRATCH_DEFAULTS),
-    "Train a model from scratch on Ray Train (default resnet_small with AdamW, warmup + cosine, label smoothing; "
+    "Train a model from scratch on Ray Train (default resnet_tiny with AdamW, warmup + cosine, label smoothing, "
+    "bfloat16 compute where the CPU has it; resnet_small for longer budgets; "
     "course models: seed_cifar, seed_catsdogs; small_cnn).",
 )
 transfer_command = _train_command(

@@ -442,7 +442,7 @@ def _build_and_predict(name):
         keras.backend.clear_session()  # big backbones: free memory between builds
 
 
-@pytest.mark.parametrize("name", ["seed_cifar", "seed_catsdogs", "small_cnn", "resnet_small"])
+@pytest.mark.parametrize("name", ["seed_cifar", "seed_catsdogs", "small_cnn", "resnet_small", "resnet_tiny"])
 def test_small_entries_build_at_minimum_size(name):
     _build_and_predict(name)
 

@@ -32,10 +32,12 @@ SIZE = (32, 32)
 MODES = {"rescale_0_1": "small_cnn", "tf": "mobilenet", "torch": "densenet121", "caffe": "vgg16",
          "none": "efficientnet_b0"}
 # Every model family: (registry name, ModelConfig extras, classes). seed_cifar takes the 2-class sigmoid output;
-# resnet_small is compiled with the train command's recipe (config.SCRATCH_RECIPE).
+# resnet_tiny is compiled with the train command's recipe (config.SCRATCH_RECIPE: bfloat16 compute
+# on a CPU with bfloat16 instructions, as here).
 FAMILIES = [
     ("small_cnn", {}, 3),
     ("resnet_small", {}, 3),
+    ("resnet_tiny", {}, 3),
     ("seed_cifar", {}, 2),
     ("mobilenet", {"alpha": 0.25}, 3),  # tf
     ("vgg16", {}, 3),  # caffe
@@ -194,7 +196,7 @@ def _write_family_checkpoint(name: str, extra: dict, classes: int, directory: st
     make_optimizer, optimizer built), written by imgrec's writer; the images, labels,
     in-process probabilities and the loop's own loss and accuracy saved alongside."""
     cfg = TrainConfig(model=ModelConfig(name=name, **extra))
-    if name == "resnet_small":  # with train's recipe: AdamW, CosineDecay with warmup, weight decay
+    if name == "resnet_tiny":  # with train's recipe: AdamW, CosineDecay with warmup, weight decay, precision
         cfg = replace(cfg, **{k: v for k, v in SCRATCH_RECIPE.items() if k != "model.name"})
     model = models.build_model(cfg.model, classes, SIZE)
     models.compile_model(model, imgrec_loop.make_optimizer(cfg, steps_per_epoch=10), classes)

@@ -131,7 +131,7 @@ def _cases(p: dict) -> dict[str, tuple[dict, str]]:
                       "--data: " + p["one_class"]),
         "data is a file": (["train", "--data", next(o.uri for o in storage.list_objects(tree)), "--storage",
                             f"{work}/runs"], "is a file; give the root folder"),
-        "weights on a scratch model": (train + ["--weights", "imagenet"], "--weights: resnet_small is trained from"),
+        "weights on a scratch model": (train + ["--weights", "imagenet"], "--weights: resnet_tiny is trained from"),
         "alpha": (transfer + ["--model", "resnet50", "--alpha", "0.5"], "--alpha (width multiplier) applies only"),
         "image size": (transfer + ["--image-size", "8"], "--image-size: mobilenet needs images of at least 32x32"),
         "batch size": (train + ["--batch-size", "0"], "--batch-size must be >= 1"),

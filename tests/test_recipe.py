@@ -1,7 +1,8 @@
-"""The from-scratch default (issue #19): ``resnet_small`` and its recipe (AdamW with
-decoupled weight decay on kernels only, warmup + cosine, label smoothing) as the
-``train`` command's default, and the image size taken from the data where its
-images are smaller than the model's input.
+"""The from-scratch default (issue #19): ``resnet_tiny`` and its recipe (AdamW with
+decoupled weight decay on kernels only, warmup + cosine, label smoothing, bfloat16
+compute where the CPU has it) as the ``train`` command's default, ``resnet_small``,
+and the image size taken from the data where its images are smaller than the
+model's input.
 
 Unit level: real Keras models at 32x32, real JPEG headers (cifar10-dev and synth
 trees); no Ray. About 10 s on two cores."""
@@ -44,7 +45,18 @@ def test_resnet_small_is_residual_regularised_and_sized_for_cpus(size, stem_stri
     assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_resnet_small_trains_with_the_scratch_recipe():
+def test_resnet_tiny_is_residual_and_a_fraction_of_resnet_small():
+    model = models.build_model(ModelConfig(name="resnet_tiny"), 10, SIZE)
+    kinds = _layer_kinds(model)
+    assert kinds.count("Add") == 1, "one residual block, in stage 2"
+    assert {"BatchNormalization", "GlobalAveragePooling2D", "Dropout"} <= set(kinds)
+    assert model.get_layer("stem_conv").strides == (2, 2)  # at every input size
+    assert model.get_layer("stage3_relu").output.shape[1:3] == (4, 4)
+    small = models.build_model(ModelConfig(name="resnet_small"), 10, SIZE)
+    assert 100_000 <= model.count_params() <= small.count_params() / 4
+
+
+def test_the_default_trains_with_the_scratch_recipe():
     """Three steps of the recipe on rendered shapes: warmup starts at lr 0, then every
     kernel moves and the training loss (label-smoothed) stays finite."""
     cfg = _recipe()
@@ -126,7 +138,7 @@ def test_label_smoothing_is_keras_own_on_the_training_loss_only():
 def test_small_photos_train_at_their_own_size(capsys):
     """CIFAR's 32x32 JPEGs: every scratch model decodes them at 32x32 instead of
     upsampling to its input size, and the log says so."""
-    for name in ("resnet_small", "small_cnn", "seed_catsdogs"):
+    for name in ("resnet_tiny", "resnet_small", "small_cnn", "seed_catsdogs"):
         cfg = TrainConfig(data=DataConfig(uri=CIFAR_DEV), model=ModelConfig(name=name))
         assert default_image_size(cfg) == (32, 32), name
     assert "image size 32x32: the data's own" in capsys.readouterr().out
@@ -143,3 +155,61 @@ def test_images_larger_than_the_model_keep_its_input_size(tmp_path, capsys):
     small = tmp_path / "small"
     synth.make_dataset(str(small), classes=2, per_class=3, image_size=(40, 48), test_per_class=1)
     assert default_image_size(replace(cfg, **{"data.uri": str(small)})) == (40, 48)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def _policies(model) -> set[str]:
+    return {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_loads_in_plain_keras(tmp_path):
+    from imgrec.models.build import as_float32
+
+    model = models.build_model(ModelConfig(name="resnet_tiny", precision="mixed_bfloat16"), 3, SIZE)
+    assert keras.config.dtype_policy().name == "float32", "the global policy is restored after the build"
+    assert model.get_layer("stage2_conv").compute_dtype == "bfloat16"
+    assert {v.dtype for v in model.weights} == {"float32"}
+    x, _ = synth.make_arrays("shapes", classes=3, per_class=2, image_size=SIZE, seed=2)
+    probs = model.predict(x, verbose=0)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("stage2_conv").compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), probs)
+    # exports' copy: every layer float32, the same weights, the same answer within bfloat16's precision
+    copy = as_float32(model)
+    assert _policies(copy) == {"float32"} and copy is not model
+    for a, b in zip(copy.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), probs, atol=0.02)
+    plain = models.build_model(ModelConfig(name="resnet_tiny"), 3, SIZE)
+    assert _policies(plain) == {"float32"} and as_float32(plain) is plain
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu vme avx512f avx512_bf16 avx512_vnni", "mixed_bfloat16"),  # x86 with AVX512-BF16 (this machine)
+    ("fpu vme avx512f amx_bf16 amx_tile", "mixed_bfloat16"),  # x86 with AMX
+    ("fpu vme avx2 fma", "float32"),  # x86 without: emulated bfloat16 is slower than float32
+])
+def test_auto_precision_is_bfloat16_only_on_cpus_with_its_instructions(tmp_path, flags, expected):
+    from imgrec.models import build
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    has = build.cpu_has_bfloat16(str(cpuinfo))
+    assert has == (expected == "mixed_bfloat16")
+    assert build.resolve_precision("auto", cpu_has_bf16=has) == expected  # no GPU here
+    assert build.resolve_precision("float32", cpu_has_bf16=True) == "float32"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert build.cpu_has_bfloat16(str(arm)) and not build.cpu_has_bfloat16(str(tmp_path / "missing"))
+
+
+def test_a_bad_precision_is_refused_naming_the_field():
+    from imgrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="precision must be one of float32, mixed_bfloat16, auto") as err:
+        models.build_model(ModelConfig(name="resnet_tiny", precision="float16"), 3, SIZE)
+    assert err.value.field == "precision"

@@ -100,6 +100,19 @@ def test_small_cnn_export_round_trips_on_real_photos(tmp_path, fmt):
 
 @needs_photos
 @needs_runtimes
+def test_a_bfloat16_checkpoint_is_exported_computing_in_float32(tmp_path):
+    """``imgrec train``'s default precision on this CPU (mixed_bfloat16): every format exports
+    the same float32 weights as a float32 network, and agrees with it as a float32 checkpoint does."""
+    source = _checkpoint(tmp_path / "ckpt", "resnet_tiny", {"precision": "mixed_bfloat16"})
+    model, _ = ckpt.load(source, compile=False)
+    assert model.get_layer("stage2_conv").compute_dtype == "bfloat16"
+    for fmt in EXPORT_FORMATS:
+        result = _export(source, fmt, str(tmp_path / fmt))
+        _check_round_trip(result, fmt, 3, source, 6)
+
+
+@needs_photos
+@needs_runtimes
 def test_served_probabilities_are_imgrecs_own_on_a_photo(tmp_path):
     """What the export returns for one photo decoded by ``imgrec.decode`` is
     ``predict_one``'s answer for the same file (SavedModel through TensorFlow)."""

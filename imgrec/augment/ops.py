@@ -360,7 +360,7 @@ class HorizontalFlip(FlipOp):
     fields = ("horizontal_flip",)
     params = {"flip_h": False}
     presets = {
-        "light": {"horizontal_flip": True}, "course": {"horizontal_flip": True},
+        "flip": {"horizontal_flip": True}, "light": {"horizontal_flip": True}, "course": {"horizontal_flip": True},
         "randaugment": {"horizontal_flip": True},
     }
     options = (CliOption("horizontal_flip", type=bool),)

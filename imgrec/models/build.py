@@ -15,6 +15,7 @@ The contract every built model keeps:
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import keras
@@ -76,7 +77,11 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
     check_num_classes(num_classes)
     h, w = check_size(spec, image_size)
     check_model_config(spec, cfg)
+    with dtype_policy(resolve_precision(cfg.precision)):
+        return _build(spec, cfg, num_classes, h, w)
 
+
+def _build(spec: ModelSpec, cfg: ModelConfig, num_classes: int, h: int, w: int) -> keras.Model:
     inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name="pixels")
     x = inputs
     for layer in preprocessing_layers(spec.name):
@@ -96,12 +101,80 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
     if cfg.bn_momentum is not None:
         # Keras applications use 0.99, made for ImageNet-length runs; a run of a
         # few hundred steps would evaluate with statistics still near their init.
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in _layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
         set_freeze_depth(model, cfg.freeze_depth, pretrained=is_pretrained(cfg.weights), model_name=cfg.name)
     return model
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, cpu_has_bf16: bool | None = None) -> str:
+    """``ModelConfig.precision`` as a Keras dtype policy: ``"auto"`` is ``mixed_bfloat16`` on a
+    CPU with bfloat16 instructions when TensorFlow sees no GPU, else ``float32`` (a GPU's
+    ``mixed_float16`` needs loss scaling, which imgrec's loop does not do)."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    return "mixed_bfloat16" if (cpu_has_bfloat16() if cpu_has_bf16 is None else cpu_has_bf16) else "float32"
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """x86 AVX512-BF16 / AMX-BF16 or Arm BF16, from Linux's ``/proc/cpuinfo`` (elsewhere: False,
+    as emulated bfloat16 is slower than float32)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return bool(set(value.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' global dtype policy set to ``name`` while layers are made, then restored."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """The same network computing in float32: ``model`` itself if it does, else a copy from its
+    config with every mixed policy set to float32 and the weights carried over unchanged (a
+    mixed policy keeps variables in float32). For exports, whose runtimes expect float32."""
+    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+        return model
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith(
+                    "mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    with dtype_policy("float32"):
+        copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _layers(model: keras.Model):
+    return model._flatten_layers(include_self=False, recursive=True)
 
 
 def compile_model(model: keras.Model, optimizer, num_classes: int) -> keras.Model:

@@ -1,5 +1,5 @@
 """The course's networks and the small CNNs for training from scratch (``small_cnn``,
-``resnet_small``, the ``imgrec train`` default).
+``resnet_small``, ``resnet_tiny``: the ``imgrec train`` default).
 
 Each body is ``(x, cfg) -> features``: the layers between the in-model pixel
 scaling and the output layer (``imgrec.models.build`` adds both). Keras is
@@ -98,6 +98,31 @@ def resnet_small(x, cfg: ModelConfig):
     return L.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
+# resnet_tiny's widths: at 32x32 it costs what the course CNN does (5.5M multiply-adds per image
+# against 5.1M; 88M at 128x128). Screened on cifar10-dev (benchmarks/README.md, "quality"): one
+# residual block, in stage 2, scored as well as one per stage at a third of the cost; widths
+# (48, 96, 192) twice the cost for the same test accuracy through the CLI.
+RESNET_TINY_WIDTHS = (32, 64, 128)
+RESNET_TINY_STEM = 24
+
+
+def resnet_tiny(x, cfg: ModelConfig):
+    """resnet_small cut to the course CNN's compute: a stride-2 stem at every input size, then
+    conv + pool, conv + pool + one residual block, and a last conv before global average pooling;
+    dropout comes from the lean head. ~0.18M parameters."""
+    from keras import layers as L
+
+    x = _conv_bn_relu(x, RESNET_TINY_STEM, "stem", strides=2)
+    first, middle, last = RESNET_TINY_WIDTHS
+    x = _conv_bn_relu(x, first, "stage1")
+    x = L.MaxPooling2D(2, name="stage1_pool")(x)
+    x = _conv_bn_relu(x, middle, "stage2")
+    x = L.MaxPooling2D(2, name="stage2_pool")(x)
+    x = _residual(x, middle, "stage2_res")
+    x = _conv_bn_relu(x, last, "stage3")
+    return L.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
 register(ModelSpec("seed_cifar", "course", (32, 32), 8, "rescale_0_1",
                    "the course's CIFAR-10 CNN (Conv64-Pool-Conv32-Dense80)", builder=seed_cifar))
 register(ModelSpec("seed_catsdogs", "course", (128, 128), 10, "rescale_0_1",
@@ -106,5 +131,8 @@ register(ModelSpec("small_cnn", "scratch", (64, 64), 16, "rescale_0_1",
                    "VGG-style CNN with batch norm + global average pooling, ~140k params (the library default)",
                    builder=small_cnn))
 register(ModelSpec("resnet_small", "scratch", (64, 64), 16, "rescale_0_1",
-                   "small residual CNN (ResNet-9 layout, BN, global pooling, dropout), ~1.1M params "
-                   "(the train command's default)", builder=resnet_small))
+                   "small residual CNN (ResNet-9 layout, BN, global pooling, dropout), ~1.1M params",
+                   builder=resnet_small))
+register(ModelSpec("resnet_tiny", "scratch", (64, 64), 16, "rescale_0_1",
+                   "resnet_small at the course CNN's compute: stride-2 stem, one residual block, ~0.18M "
+                   "params (the train command's default)", builder=resnet_tiny))

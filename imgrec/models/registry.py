@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imgrec.config import NO_WEIGHTS, ConfigError
+from imgrec.config import NO_WEIGHTS, PRECISIONS, ConfigError
 
 KINDS = ("course", "scratch", "backbone")
 PREPROCESSING = ("rescale_0_1", "tf", "torch", "caffe", "none")
@@ -190,6 +190,8 @@ def check_model_config(spec: ModelSpec, cfg) -> None:
     if cfg.bn_momentum is not None and not 0.0 <= float(cfg.bn_momentum) < 1.0:
         raise ConfigError(f"bn_momentum must be in [0, 1) (or unset: the model's own), got {cfg.bn_momentum!r}",
                           "bn_momentum")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}", "precision")
     check_freeze_depth(cfg.freeze_depth)
     _check_alpha(spec, cfg.alpha)
     if spec.kind != "backbone":

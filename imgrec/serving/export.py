@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import models, storage
 from imgrec.config import ConfigError, DecodeConfig, ExportConfig, to_dict
 from imgrec.decode import IMAGE_SUFFIXES, BadImage, decode_image, describe
 from imgrec.hashing import unit_hash
@@ -120,6 +120,7 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     ref, images = check_export(cfg)
     uris = sample_uris(images, cfg.sample)
     model, manifest = ckpt.load(ref.uri, compile=False)
+    model = models.as_float32(model)  # a mixed-precision checkpoint is served in float32 (its weights are)
     decode = decode_config(manifest)
     pixels, used = _decode(uris, decode)
     fmt = FORMATS[cfg.format]
