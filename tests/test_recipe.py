@@ -207,6 +207,17 @@ def test_auto_precision_is_bfloat16_only_on_cpus_with_its_instructions(tmp_path,
     assert build.cpu_has_bfloat16(str(arm)) and not build.cpu_has_bfloat16(str(tmp_path / "missing"))
 
 
+def test_prediction_runs_a_bfloat16_checkpoint_in_float32_where_the_cpu_lacks_bfloat16():
+    from imgrec.models.build import for_inference
+
+    model = models.build_model(ModelConfig(name="resnet_tiny", precision="mixed_bfloat16"), 3, SIZE)
+    assert for_inference(model, cpu_has_bf16=True) is model
+    elsewhere = for_inference(model, cpu_has_bf16=False)
+    assert _policies(elsewhere) == {"float32"}
+    x, _ = synth.make_arrays("shapes", classes=3, per_class=2, image_size=SIZE, seed=4)
+    np.testing.assert_allclose(elsewhere.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)
+
+
 def test_a_bad_precision_is_refused_naming_the_field():
     from imgrec.config import ConfigError
 

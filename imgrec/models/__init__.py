@@ -37,7 +37,7 @@ _LAZY = {
     **dict.fromkeys(("ReverseChannels", "caffe_layer", "preprocessing_layers", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB",
                      "CAFFE_MEAN_BGR"), "layers"),
     **dict.fromkeys(("build_model", "build_backbone", "compile_model", "WeightsDownloadError", "as_float32",
-                     "resolve_precision"), "build"),
+                     "resolve_precision", "for_inference"), "build"),
     **dict.fromkeys(("get_backbone", "backbone_layers", "backbone_layer_count", "set_freeze_depth", "frozen_depth",
                      "block_boundaries"), "freeze"),
     **dict.fromkeys(("WeightsMismatchError", "fetch_weights", "load_backbone_weights", "save_backbone_weights",

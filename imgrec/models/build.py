@@ -173,6 +173,15 @@ def as_float32(model: keras.Model) -> keras.Model:
     return copy
 
 
+def for_inference(model: keras.Model, cpu_has_bf16: bool | None = None) -> keras.Model:
+    """``model`` for prediction here: a bfloat16 checkpoint (trained where the CPU had
+    bfloat16 instructions) is run in float32 where ``precision="auto"`` would not pick bfloat16,
+    as emulated bfloat16 is slower than float32 (``as_float32``); else ``model`` itself."""
+    if resolve_precision("auto", cpu_has_bf16) == "mixed_bfloat16":
+        return model
+    return as_float32(model)
+
+
 def _layers(model: keras.Model):
     return model._flatten_layers(include_self=False, recursive=True)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import console
+from imgrec import console, models
 from imgrec.config import DecodeConfig, check_tta, from_dict
 from imgrec.models import class_probabilities
 from imgrec.predict.columns import Column, Scored, model_table
@@ -36,7 +36,8 @@ class Predictor:
 
     def __init__(self, model_uri: str, *, batch_size: int = 64, tta: str = "none"):
         os.environ.update(console.quiet_env())
-        self.model, self.manifest = ckpt.load(model_uri, compile=False)
+        model, self.manifest = ckpt.load(model_uri, compile=False)
+        self.model = models.for_inference(model)  # float32 where bfloat16 would be emulated
         self.batch_size, self.tta = batch_size, check_tta(tta)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

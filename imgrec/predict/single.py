@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import models, storage
 from imgrec.decode import decode_image
 from imgrec.models import class_probabilities
 from imgrec.predict.actors import decode_config
@@ -24,6 +24,7 @@ def _classify_one(image_uri: str, model_uri: str) -> tuple[np.ndarray, dict]:
     """One load of the model (hash verified; a run URI falls back to its next best
     checkpoint), then the image decoded as that checkpoint's manifest says."""
     model, manifest = ckpt.load(model_uri, compile=False)
+    model = models.for_inference(model)
     image = decode_image(storage.read_bytes(image_uri), decode_config(manifest))
     return class_probabilities(np.asarray(model.predict(image[None], verbose=0)))[0], manifest
 
