@@ -138,7 +138,7 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
             cfg = loop.cfg
             loop.model = models.build_model(cfg.model, len(loop.class_names), tuple(cfg.data.decode.image_size))
             if cfg.model.precision != "float32":
-                loop.say(f"precision {cfg.model.precision}: computing in {models.resolve_precision(cfg.model.precision)}"
+                loop.say(f"precision {cfg.model.precision}: computing in {loop.model.dtype_policy.name}"
                          " (weights in float32)")
             if cfg.head_epoch_count() > 0:
                 apply_freeze_depth(loop.model, cfg, "all")
