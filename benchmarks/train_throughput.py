@@ -15,7 +15,7 @@ Suites:
   local disk. Models: ``seed_catsdogs`` (the course's 29M-parameter CNN, 128²)
   and ``small_cnn`` (128²).
 * ``cifar10-dev``: ``../shared/data/cifar10-dev`` (real CIFAR-10 JPEGs, read in
-  place, local disk for both) with ``seed_cifar`` at 32².
+  place, local disk for both) with ``seed_cifar`` and ``resnet_tiny`` at 32², both sides in float32.
 
 Rows: ``plain`` (Keras ``fit``, one process), ``auto`` (imgrec's default worker
 plan), ``w1`` (``--workers 1``), ``w2`` (``--workers 2``), ``auto-disk`` (``auto``
@@ -61,7 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CIFAR_DEV = os.path.join(ROOT, "..", "shared", "data", "cifar10-dev")
 SUITES = {"s3": {"models": ("seed_catsdogs", "small_cnn"), "size": 128},
-          "cifar10-dev": {"models": ("seed_cifar",), "size": 32}}
+          "cifar10-dev": {"models": ("seed_cifar", "resnet_tiny"), "size": 32}}
 ROWS = ("plain", "auto", "w1", "w2", "auto-disk")
 BATCH, VALIDATION = 32, 0.3
 
@@ -165,7 +165,8 @@ def run_row(row: str, model: str, size: int, args, data_local: str, data_uri: st
         cmd = [os.path.join(os.path.dirname(sys.executable), "imgrec"), "train", "--data", data_uri,
                "--storage", storage_uri, "--run-name", run_name, "--model", model, "--image-size", str(size),
                "--epochs", str(args.epochs), "--batch-size", str(BATCH), "--validation-split", str(VALIDATION),
-               "--augment", "none", "--workers", workers, "--no-evaluate", "--no-report"]
+               "--augment", "none", "--workers", workers, "--no-evaluate", "--no-report",
+               "--precision", "float32"]  # plain Keras' precision (train's default, auto, is bfloat16 here)
     load = os.getloadavg()[0]
     print(f"# {model} {row}: {' '.join(cmd[1:3])} ... (load {load:.1f})", flush=True)
     log.write(f"\n===== {model} {row} {dt.datetime.now():%H:%M:%S}: {' '.join(cmd)}\n")
