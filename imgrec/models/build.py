@@ -22,6 +22,7 @@ import keras
 
 from imgrec.config import ConfigError, ModelConfig
 from imgrec.models.freeze import set_freeze_depth
+from imgrec.models.kernels import fuse_batch_norm
 from imgrec.models.layers import fix_efficientnet_normalization, preprocessing_layers
 from imgrec.models.outputs import loss_name
 from imgrec.models.registry import (
@@ -176,10 +177,12 @@ def as_float32(model: keras.Model) -> keras.Model:
 def for_inference(model: keras.Model, cpu_has_bf16: bool | None = None) -> keras.Model:
     """``model`` for prediction here: a bfloat16 checkpoint (trained where the CPU had
     bfloat16 instructions) is run in float32 where ``precision="auto"`` would not pick bfloat16,
-    as emulated bfloat16 is slower than float32 (``as_float32``); else ``model`` itself."""
-    if resolve_precision("auto", cpu_has_bf16) == "mixed_bfloat16":
-        return model
-    return as_float32(model)
+    as emulated bfloat16 is slower than float32 (``as_float32``); else ``model`` itself. Its batch
+    norms run on the fused kernel (``kernels.fuse_batch_norm``)."""
+    if resolve_precision("auto", cpu_has_bf16) != "mixed_bfloat16":
+        model = as_float32(model)
+    fuse_batch_norm(model)  # TensorFlow's one-pass batch norm, folded into the conv before it
+    return model
 
 
 def _layers(model: keras.Model):
