@@ -1,6 +1,6 @@
 """Keras's batch norm against TensorFlow's fused kernel (``models.fuse_batch_norm``), in one process.
 
-    .venv/bin/python benchmarks/batchnorm.py                 # every row, ~3 minutes on 2 cores
+    .venv/bin/python benchmarks/batchnorm.py                 # every row, ~5 minutes on 2 cores
     .venv/bin/python benchmarks/batchnorm.py --rows resnet_tiny --steps 100
 
 Each row builds one imgrec model twice from the same seed, one as Keras builds it and one with
@@ -10,7 +10,8 @@ pixels) or inference (``model(x, training=False)``). ``transfer`` rows train a n
 frozen MobileNet backbone called in inference mode, as ``imgrec transfer`` does (its batch
 norms never train); ``fine-tune`` rows also train its top blocks. Columns: img/s of each, the
 speed-up, and the largest difference of their outputs (the same weights: the kernels compute the
-same function). Wall time of the step, warmed up, median of ``--repeats`` timings.
+same function). Wall time of the step, warmed up, median of ``--repeats`` timings, the two kernels' timings
+interleaved.
 """
 
 from __future__ import annotations
@@ -55,18 +56,22 @@ def timed_step(model, what: str, x, y):
     return step
 
 
-def img_per_s(step, batch: int, steps: int, repeats: int) -> float:
-    step()  # traced
-    for _ in range(5):
-        step()
-    times = []
+def img_per_s(steps_by_kernel: dict, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    """Median img/s of each step function, their timings interleaved (a drift in the machine's
+    load hits both alike)."""
+    for step in steps_by_kernel.values():
+        step()  # traced
+        for _ in range(5):
+            step()
+    times: dict[str, list[float]] = {kernel: [] for kernel in steps_by_kernel}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = step()
-        out.numpy()
-        times.append((time.perf_counter() - t0) / steps)
-    return batch / statistics.median(times)
+        for kernel, step in steps_by_kernel.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                out = step()
+            out.numpy()
+            times[kernel].append((time.perf_counter() - t0) / steps)
+    return {kernel: batch / statistics.median(t) for kernel, t in times.items()}
 
 
 def run_row(row, batch: int, steps: int, repeats: int) -> dict:
@@ -80,15 +85,15 @@ def run_row(row, batch: int, steps: int, repeats: int) -> dict:
     label, name, size, precision, what, extra = row
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     y = tf.one_hot(np.random.default_rng(1).integers(0, 10, batch), 10)
-    result = {"row": label}
-    outputs = {}
+    result, outputs, steps_by_kernel = {"row": label}, {}, {}
     for kernel in ("keras", "fused"):
         keras.utils.set_random_seed(0)
         model = models.build_model(ModelConfig(name=name, precision=precision, **extra), 10, (size, size))
         if kernel == "fused":
             result["layers"] = models.fuse_batch_norm(model)
         outputs[kernel] = model(x, training=False).numpy()
-        result[kernel] = img_per_s(timed_step(model, what, x, y), batch, steps, repeats)
+        steps_by_kernel[kernel] = timed_step(model, what, x, y)
+    result.update(img_per_s(steps_by_kernel, batch, steps, repeats))
     result["speedup"] = result["fused"] / result["keras"]
     result["max_diff"] = float(np.abs(outputs["keras"] - outputs["fused"]).max())
     return result
@@ -99,7 +104,7 @@ def main() -> None:
     p.add_argument("--rows", nargs="*", help="row labels to run (prefix match); default: all")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=40, help="steps per timing")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     rows = [r for r in ROWS if not args.rows or any(r[0].startswith(w) for w in args.rows)]
     print(f"{'row':22s} {'BN layers':>9s} {'Keras img/s':>12s} {'fused img/s':>12s} {'speed-up':>9s} {'max |diff|':>11s}")
