@@ -30,6 +30,7 @@ ROWS = [
     ("small_cnn 64px", "small_cnn", 64, "float32", "train", {}),
     ("resnet_small", "resnet_small", 32, "float32", "train", {}),
     ("mobilenet transfer", "mobilenet", 128, "float32", "train", {"alpha": 0.25, "freeze_depth": "all"}),
+    ("mobilenet transfer bf16", "mobilenet", 128, "mixed_bfloat16", "train", {"alpha": 0.25, "freeze_depth": "all"}),
     ("mobilenet fine-tune", "mobilenet", 128, "float32", "train", {"alpha": 0.25, "freeze_depth": "all-2"}),
     ("mobilenet predict", "mobilenet", 128, "float32", "predict", {"alpha": 0.25}),
     ("resnet_tiny predict", "resnet_tiny", 32, "float32", "predict", {}),
@@ -107,10 +108,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     rows = [r for r in ROWS if not args.rows or any(r[0].startswith(w) for w in args.rows)]
-    print(f"{'row':22s} {'BN layers':>9s} {'Keras img/s':>12s} {'fused img/s':>12s} {'speed-up':>9s} {'max |diff|':>11s}")
+    print(f"{'row':24s} {'BN layers':>9s} {'Keras img/s':>12s} {'fused img/s':>12s} {'speed-up':>9s} {'max |diff|':>11s}")
     for row in rows:
         r = run_row(row, args.batch, args.steps, args.repeats)
-        print(f"{r['row']:22s} {r['layers']:9d} {r['keras']:12.0f} {r['fused']:12.0f} {r['speedup']:8.2f}x "
+        print(f"{r['row']:24s} {r['layers']:9d} {r['keras']:12.0f} {r['fused']:12.0f} {r['speedup']:8.2f}x "
               f"{r['max_diff']:11.1e}", flush=True)
 
 
