@@ -30,6 +30,15 @@ def _train_step(model, x, y):
     return probs.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
 
 
+def _assert_same_train_step(stock, fused, x, y):
+    """One training call of each: the same probabilities and gradients."""
+    probs_stock, grads_stock = _train_step(stock, x, y)
+    probs_fused, grads_fused = _train_step(fused, x, y)
+    np.testing.assert_allclose(probs_fused, probs_stock, atol=1e-5)
+    for a, b in zip(grads_fused, grads_stock, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
 def _batch(size: int, n: int = 4):
     rng = np.random.default_rng(0)
     return (tf.constant(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)),
@@ -41,11 +50,7 @@ def test_fused_batch_norm_trains_exactly_as_keras_does(precision):
     stock, fused, swapped = _pair("resnet_tiny", 32, precision=precision)
     assert swapped == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in stock.layers) == 6
     x, y = _batch(32)
-    probs_stock, grads_stock = _train_step(stock, x, y)
-    probs_fused, grads_fused = _train_step(fused, x, y)
-    np.testing.assert_allclose(probs_fused, probs_stock, atol=1e-5)
-    for a, b in zip(grads_fused, grads_stock, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+    _assert_same_train_step(stock, fused, x, y)
     # The moving statistics moved, and by the biased batch variance Keras uses: the last stage
     # normalises 4 x 2 x 2 values per channel, where Bessel's correction would be 4/3 of it.
     for a, b in zip(fused.non_trainable_weights, stock.non_trainable_weights, strict=True):
@@ -66,11 +71,7 @@ def test_a_frozen_backbone_keeps_its_statistics_and_nested_layers_are_fused():
 
     before = moving(fused)
     x, y = _batch(32)
-    probs_stock, grads_stock = _train_step(stock, x, y)
-    probs_fused, grads_fused = _train_step(fused, x, y)
-    np.testing.assert_allclose(probs_fused, probs_stock, atol=1e-5)
-    for a, b in zip(grads_fused, grads_stock, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+    _assert_same_train_step(stock, fused, x, y)
     after, after_stock = moving(fused), moving(stock)
     moved = sorted(p for p in before if not np.array_equal(before[p], after[p]))
     assert moved == sorted(f"{block}_bn/moving_{s}" for block in ("conv_dw_13", "conv_pw_13")
