@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgrec import checkpoint as ckpt
-from imgrec import storage
+from imgrec import models, storage
 from imgrec.decode import decode_image
 from imgrec.gallery import png_bytes
 from imgrec.models import class_probabilities
@@ -89,9 +89,12 @@ def _logits(model):
 def grad_cam(model, images: np.ndarray, class_index=None) -> np.ndarray | None:
     """(N, H, W) float32 maps in [0, 1] for uint8 (N, H, W, 3) ``images``: where the
     evidence for ``class_index`` (per image, or one for all; default: the predicted
-    class) lies. None when the model has no convolution."""
+    class) lies. None when the model has no convolution. A mixed-precision model is run as its
+    float32 copy (``models.as_float32``)."""
     import tensorflow as tf
 
+    # Gradients in float32 whatever the checkpoint computes in: bfloat16 keeps 8 bits of mantissa.
+    model = models.as_float32(model)
     layer = last_conv_layer(model)
     if layer is None:
         return None
