@@ -369,6 +369,7 @@ VARIANTS = {
     "persistent-iterator": ("one tf.data iterator for all epochs", {"feed": "tf.data", "persistent_iterator": True}, []),
     "autotune=off+timed": ("autotune off + per-thread CPU", {"feed": "tf.data", "tf_data_autotune": False}, [ThreadCpuHook]),
     "prefetch=AUTOTUNE": ("tf.data prefetch(AUTOTUNE) instead of 2", {"feed": "tf.data", "prefetch": -1}, []),
+    "batchnorm=keras": ("Keras's own batch norm, not TensorFlow's fused kernel", {"fused_batch_norm": False}, []),
 }
 
 

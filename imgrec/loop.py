@@ -51,7 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with timed(loop.startup, "worker_tensorflow_s"):
         _configure_tensorflow(options, loop.cfg.seed)
     with timed(loop.startup, "worker_model_s"):  # the strategy's collectives set up, then the model
-        restore_or_build(loop, loop_config.get("resume_checkpoint"))
+        restore_or_build(loop, loop_config.get("resume_checkpoint"), fused_batch_norm=options.fused_batch_norm)
     with timed(loop.startup, "worker_datasets_s"):
         data = _datasets(loop, options, started)
     hooks = hooklib.HookList(hooklib.default_hooks(loop, loop_config.get("hooks")))
@@ -121,8 +121,9 @@ def _configure_tensorflow(options: LoopOptions, seed: int) -> None:
 # =========================================================================== model: new, restored or resumed
 
 
-def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
-    """Ray's checkpoint after a worker-group restart, else ``--resume``'s, else a new model."""
+def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None, *, fused_batch_norm: bool = True) -> None:
+    """Ray's checkpoint after a worker-group restart, else ``--resume``'s, else a new model;
+    its batch norms on TensorFlow's fused kernel unless ``fused_batch_norm`` is False."""
     import ray.train
     import tensorflow as tf
 
@@ -151,8 +152,8 @@ def restore_or_build(loop: WorkerLoop, resume_checkpoint: str | None) -> None:
     if loop.model.optimizer is None:
         raise RuntimeError("checkpoint has no optimizer state; cannot resume training from it")
     # TensorFlow's one-pass batch norm in place of Keras's elementwise ops: the same numbers,
-    # the saved file unchanged, a resnet_tiny step 1.2-1.5x faster (benchmarks/batchnorm.py).
-    if fused := models.fuse_batch_norm(loop.model):
+    # the saved file unchanged, a train step 1.1-1.35x faster (benchmarks/batchnorm.py).
+    if fused_batch_norm and (fused := models.fuse_batch_norm(loop.model)):
         loop.say(f"batch norm: {fused} layers on TensorFlow's fused kernel")
 
 

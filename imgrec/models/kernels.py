@@ -4,8 +4,9 @@ Keras 3's ``BatchNormalization`` on TensorFlow computes its moments and its norm
 separate elementwise ops (``tf.nn.moments`` + ``tf.nn.batch_normalization``, upcast to float32
 around them); TensorFlow's one fused kernel (``FusedBatchNormV3``, oneDNN's on CPU, cuDNN's on
 GPU) does the same work in one pass forward and one backward, and in inference Grappler folds
-it into the convolution before it. Measured here (``benchmarks/batchnorm.py``): a train step of
-``resnet_tiny`` 1.2-1.5x faster, MobileNet inference 1.8x.
+it into the convolution before it. Measured here (``benchmarks/batchnorm.py``): train steps
+1.1-1.35x faster (``resnet_tiny`` 1.1-1.2x, MobileNet transfer 1.3-1.5x), MobileNet inference
+1.4-1.6x.
 
 ``fuse_batch_norm(model)`` replaces the ``call`` of each eligible layer *instance* with the fused
 kernel, computing exactly what the layer computes: the same output (float32 inside, cast to the
