@@ -51,8 +51,8 @@ def test_fused_batch_norm_trains_exactly_as_keras_does(precision):
     assert swapped == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in stock.layers) == 6
     x, y = _batch(32)
     _assert_same_train_step(stock, fused, x, y)
-    # The moving statistics moved, and by the biased batch variance Keras uses: the last stage
-    # normalises 4 x 2 x 2 values per channel, where Bessel's correction would be 4/3 of it.
+    # The moving statistics moved, and by the biased batch variance Keras uses: with the kernel's
+    # Bessel correction left in (64/63 at the last stage's 4 x 4 x 4 values a channel), 3e-5 off.
     for a, b in zip(fused.non_trainable_weights, stock.non_trainable_weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, rtol=1e-5)
     assert not np.allclose(stock.get_layer("stage3_bn").moving_variance.numpy(), 1.0)
