@@ -131,7 +131,7 @@ def overlays(model_uri: str, images: np.ndarray, class_index: np.ndarray) -> lis
     """Overlays for a batch of decoded images, each for its given class; None for a model
     without a convolution. Run in a Ray task by the evaluation: TensorFlow stays out of
     the driver."""
-    model, _ = ckpt.load(model_uri, compile=False)
+    model = models.as_float32(ckpt.load(model_uri, compile=False)[0])  # once, not per batch in grad_cam
     maps = []
     for start in range(0, len(images), 32):
         cams = grad_cam(model, images[start:start + 32], class_index[start:start + 32])

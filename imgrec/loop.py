@@ -418,8 +418,7 @@ def batchnorm_sync(strategy, model):
     import keras
     import tensorflow as tf
 
-    stats = [v for layer in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, keras.layers.BatchNormalization)
+    stats = [v for layer in models.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
              for v in (layer.moving_mean, layer.moving_variance)]
     if not stats:
         return lambda: None

@@ -6,7 +6,7 @@
 * ``layers``: the in-model preprocessing; ``outputs``: the output contract;
 * ``build``: ``build_model``; ``freeze``: freeze depths and block boundaries;
 * ``weights``: backbone weights files; ``table``: ``imgrec models list``;
-* ``kernels``: faster kernels swapped in at run time (``fuse_batch_norm``).
+* ``kernels``: faster kernels swapped in at run time (``fuse_batch_norm``); ``all_layers``.
 
 Importing this package registers every entry without loading Keras; the names
 below that need Keras load their module on first use (``models.build_model``).
@@ -44,7 +44,7 @@ _LAZY = {
     **dict.fromkeys(("WeightsMismatchError", "fetch_weights", "load_backbone_weights", "save_backbone_weights",
                      "weights_cache_dir"), "weights"),
     **dict.fromkeys(("models_table", "format_models_table"), "table"),
-    "fuse_batch_norm": "kernels",
+    **dict.fromkeys(("fuse_batch_norm", "all_layers"), "kernels"),
 }
 
 

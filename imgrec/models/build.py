@@ -22,7 +22,7 @@ import keras
 
 from imgrec.config import ConfigError, ModelConfig
 from imgrec.models.freeze import set_freeze_depth
-from imgrec.models.kernels import fuse_batch_norm
+from imgrec.models.kernels import all_layers, fuse_batch_norm
 from imgrec.models.layers import fix_efficientnet_normalization, preprocessing_layers
 from imgrec.models.outputs import loss_name
 from imgrec.models.registry import (
@@ -102,7 +102,7 @@ def _build(spec: ModelSpec, cfg: ModelConfig, num_classes: int, h: int, w: int) 
     if cfg.bn_momentum is not None:
         # Keras applications use 0.99, made for ImageNet-length runs; a run of a
         # few hundred steps would evaluate with statistics still near their init.
-        for layer in _layers(model):
+        for layer in all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(cfg.bn_momentum)
     if spec.kind == "backbone":
@@ -155,7 +155,7 @@ def as_float32(model: keras.Model) -> keras.Model:
     """The same network computing in float32: ``model`` itself if it does, else a copy from its
     config with every mixed policy set to float32 and the weights carried over unchanged (a
     mixed policy keeps variables in float32). For exports, whose runtimes expect float32."""
-    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+    if all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
         return model
 
     def to_float32(node):
@@ -183,10 +183,6 @@ def for_inference(model: keras.Model, cpu_has_bf16: bool | None = None) -> keras
         model = as_float32(model)
     fuse_batch_norm(model)  # TensorFlow's one-pass batch norm, folded into the conv before it
     return model
-
-
-def _layers(model: keras.Model):
-    return model._flatten_layers(include_self=False, recursive=True)
 
 
 def compile_model(model: keras.Model, optimizer, num_classes: int) -> keras.Model:

@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import keras
 
-_FUSED = "_imgrec_fused_call"  # marks a layer already swapped: fusing twice is a no-op
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, nested models' layers included (without ``model`` itself)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def fuse_batch_norm(model: keras.Model) -> int:
     """Swap the fused kernel into every eligible ``BatchNormalization`` of ``model`` (nested
-    models included) on the TensorFlow backend; returns how many layers were swapped."""
+    models included) on the TensorFlow backend; returns how many layers were swapped. A layer
+    whose instance already has its own ``call`` (swapped before) is left alone: fusing twice is
+    a no-op."""
     if keras.backend.backend() != "tensorflow":
         return 0
     swapped = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if _eligible(layer) and not getattr(layer, _FUSED, False):
+    for layer in all_layers(model):
+        if _eligible(layer) and "call" not in vars(layer):
             layer.call = _fused_call(layer)
-            object.__setattr__(layer, _FUSED, True)
             swapped += 1
     return swapped
 
