@@ -18,10 +18,9 @@ Paths (``--paths``), each child a fresh process (peak RSS and CPU cover its whol
 * ``imgrec``: ``load_dataset(..., storage_uri=STORE)`` + ``augmented()`` + ``shard_batches``.
   Two children: **cold** (the decoded cache emptied first; epoch 1 decodes and writes it) and
   **warm** (right after: epoch 1 reads the cache's shards).
-* ``imgrec-stream``: the warm cache again, in a cluster started with ``object_store_memory`` 100 MB
-  and ``memory_budget=0``, so the train split is never materialized: every epoch streams the shards
-  (``ImageDataset.streamed``). Warm only (its cold run would be ``imgrec``'s cold run plus the
-  streaming; run ``imgrec`` first).
+* ``imgrec-stream``: in a cluster started with ``object_store_memory`` 100 MB and
+  ``memory_budget=0``, so the train split is never materialized: every epoch streams the shards
+  (``ImageDataset.streamed``). Cold (the cache emptied: the write pass, then streamed epochs) and warm.
 * ``tfdata``: ``keras.utils.image_dataset_from_directory`` at SxS + Keras augmentation layers in an
   AUTOTUNE map, prefetched (``ingest.py``'s path): decodes every epoch.
 * ``tfdata-cache``: the same with ``.cache()`` (in memory) before the augmentation.
@@ -31,11 +30,13 @@ Paths (``--paths``), each child a fresh process (peak RSS and CPU cover its whol
   ``augmented()`` and ``iter_batches(32)``; Ray Data's own reader against imgrec's.
 * ``plain-s3`` (S3 only): ``ingest.run_plain_s3``, a 16-thread boto3 + PIL reader, every epoch.
 
-On S3 (moto's server, started here) only ``imgrec`` and ``plain-s3`` run, N capped at 20k (moto
+On S3 (moto's server, started here) only ``imgrec``, ``imgrec-stream`` and ``plain-s3`` run, N capped at 20k (moto
 serves ~150 GETs/s). Object-store bytes (used at the end of each epoch) and spilled bytes (the
 cluster's total so far) come from the raylet's ``FormatGlobalMemoryInfo`` (what ``ray memory
 --stats-only`` prints). Ray workers run at nice 0 (``--ray-niceness``) as in ``ingest.py``: the
 baselines run at the default priority. The 1-minute load average is recorded with every epoch.
+The header prints what a first touch of memory costs in a fresh process (``first_touch``): on this
+VM it is what a fresh worker's first pass pays over later ones.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 
@@ -55,7 +57,7 @@ import ingest  # noqa: E402 - the Sampler, record() and moto machinery
 from ingest import AUGMENT, BATCH, EPOCHS, Sampler, child_rows, loadavg, psutil, record  # noqa: E402
 
 PATHS = ("imgrec", "imgrec-stream", "tfdata", "tfdata-cache", "tfdata-snapshot", "raydata", "plain-s3")
-S3_PATHS = ("imgrec", "plain-s3")
+S3_PATHS = ("imgrec", "imgrec-stream", "plain-s3")
 LOCAL_PATHS = tuple(p for p in PATHS if p != "plain-s3")
 S3_MAX_N = 20_000
 CIFAR10_DEV = "/work/shared/data/cifar10-dev"
@@ -289,11 +291,26 @@ def run_child(path: str, phase: str, case: dict, args, env: dict, log) -> list[d
 
 def phases(path: str) -> list[str]:
     """The children a path runs, in order: cold, then warm where a second start differs."""
-    if path in ("imgrec", "tfdata-snapshot"):
-        return ["cold", "warm"]
-    if path == "imgrec-stream":
-        return ["warm"]  # on the cache imgrec's cold child wrote
+    if path in ("imgrec", "imgrec-stream", "tfdata-snapshot"):
+        return ["cold", "warm"]  # imgrec-stream cold: the cache emptied, its write pass, then streamed
     return ["cold"]
+
+
+def first_touch(gb: float = 1.0, idle_s: float = 10.0) -> str:
+    """Seconds per GB a fresh process pays to touch memory for the first time, after ``idle_s``
+    with nothing running, and to touch it again. On this machine (a Firecracker VM whose balloon
+    has free page reporting) memory freed for a few seconds goes back to the host, and each first
+    touch is a host fault: ~2 s/GB against ~0.15 s/GB for a page the VM holds. Every fresh worker
+    process pays it on its first pass; a cold pass over new memory is slower here than on a machine
+    without page reporting, and this figure is how much."""
+    time.sleep(idle_s)
+    code = ("import time, numpy as np\n"
+            f"a = np.empty(int({gb} * 2**30), np.uint8)\n"
+            "t0 = time.perf_counter(); a.fill(1); t1 = time.perf_counter(); a.fill(2); t2 = time.perf_counter()\n"
+            "print(f'{t1 - t0:.2f} {t2 - t1:.2f}')")
+    first, again = (float(v) / gb for v in subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                                          text=True, check=True).stdout.split())
+    return f"{first:.2f} s/GB in a fresh process after {idle_s:.0f} s idle, {again:.2f} s/GB touched again"
 
 
 def cases(args) -> list[dict]:
@@ -347,6 +364,7 @@ def main() -> None:
     log_path = os.path.join(args.workdir, "ingest_scale.log")
     print(f"ingest scale: {len(todo)} cases, {os.cpu_count()} cores, load {loadavg()}; child logs in {log_path}",
           flush=True)
+    print(f"memory first touch: {first_touch()}", flush=True)
     rows: list[dict] = []
     try:
         if any(c["where"] == "s3" for c in todo):

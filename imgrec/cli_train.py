@@ -47,6 +47,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("cache", ("data.cache",), "Decoded pixels: auto (kept in memory for the run, and on disk under "
            "<storage>/.cache/ for every later run with the same files and decode settings), a folder URI for "
            "that cache, memory (this run only) or off (decode every epoch).", kind=str),
+    Option("memory_budget", ("data.memory_budget",), "Fraction of the object store the decoded set may take; "
+           "past it, the shards are streamed from the decoded cache every epoch (0: always stream)."),
     Option("split_seed", ("data.split_seed",), "Seed of the deterministic split."),
     Option("augment", ("augment",), "Augmentation preset (each op declares its part of each).", default="light",
            choices=tuple(preset_names()), parse=AugmentConfig.preset),

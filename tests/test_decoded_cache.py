@@ -217,6 +217,23 @@ def test_bad_cache_settings_are_refused_naming_the_field(field, value, message):
     assert err.value.field == field
 
 
+def test_memory_budget_is_a_train_option():
+    from typer.testing import CliRunner
+
+    from imgrec.cli import app
+    from imgrec.cli_options import build, values_from_args
+    from imgrec.cli_train import TRAIN_OPTIONS, train_command
+    from imgrec.config import TrainConfig
+
+    values = values_from_args(train_command, ["--data", "/d", "--memory-budget", "0"])
+    assert build(TrainConfig, TRAIN_OPTIONS, values).data.memory_budget == 0.0
+    values = values_from_args(train_command, ["--data", "/d"])
+    assert build(TrainConfig, TRAIN_OPTIONS, values).data.memory_budget == DataConfig().memory_budget
+    result = CliRunner().invoke(app, ["train", "--data", "/nowhere", "--memory-budget", "1.5"])
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: --memory-budget is a fraction of the object store, 0..1; got 1.5"), result.output
+
+
 def test_shards_are_hash_buckets_so_one_new_file_moves_one_shard():
     records = [{"path": f"/d/{i}.jpg", "label": i % 3, "rel": f"{i}.jpg", "version": f"9:{i}"} for i in range(1000)]
     before = {s.key for s in decoded_cache.plan_shards(records)}
@@ -299,3 +316,21 @@ def test_an_unwritable_cache_costs_the_next_run_a_decode_not_this_run(ray_cluste
     assert cached.cache_use.shards_unwritten == cached.cache_use.shards_decoded > 0
     assert cached.counts == plain.counts and cached.bad_files == plain.bad_files
     assert pixel_digest(cached.train) == pixel_digest(plain.train)
+
+
+def test_a_shard_keeps_pixels_uncompressed_and_reads_older_snappy_shards(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    data = decoded_cache.shard_bytes(["a.jpg", "b.jpg", "c.jpg"], np.array([0, 1, 2]), images)
+    meta = pq.read_metadata(io.BytesIO(data)).row_group(0)
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codecs == {"path": "SNAPPY", "label": "SNAPPY", "pixels": "UNCOMPRESSED"}
+    # A shard written before (every column snappy) reads back the same rows.
+    old = tmp_path / "old.parquet"
+    pq.write_table(pq.read_table(io.BytesIO(data)), old, compression="snappy")
+    table = decoded_cache.read_shard(str(old))
+    assert table.column("path").to_pylist() == ["a.jpg", "b.jpg", "c.jpg"]
+    np.testing.assert_array_equal(table.column("image").combine_chunks().to_numpy(), images)

@@ -282,6 +282,11 @@ class ShardSource(DecodeImages):
 # measured at 224x224, writing and reading an Arrow tensor column through Parquet cost 2.2 and
 # 1.1 ms per image (as much as decoding the JPEG), fixed-size binary 0.11 and 0.09 ms.
 _SHAPE_KEY = b"imgrec.image_shape"
+# Pixels are written uncompressed, paths and labels with snappy. Decoded pixels hardly compress
+# (measured: real photos 0.98x, generated gradients 0.92x) and snappy tripled the read (0.039
+# against 0.013 ms per 128x128 image, paid by every warm epoch). Readers need no change: the
+# codec is recorded per column chunk, so older all-snappy shards read as before.
+_CODECS = {"path": "snappy", "label": "snappy", "pixels": "none"}
 
 
 def shard_bytes(paths: list[str], labels: np.ndarray, images: np.ndarray) -> bytes:
@@ -294,7 +299,7 @@ def shard_bytes(paths: list[str], labels: np.ndarray, images: np.ndarray) -> byt
     table = pa.table({"path": pa.array(paths, pa.string()), "label": pa.array(labels, pa.int64()), "pixels": pixels},
                      metadata={_SHAPE_KEY: json.dumps(list(shape)).encode()})
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="snappy")
+    pq.write_table(table, buf, compression=_CODECS)
     return buf.getvalue()
 
 
