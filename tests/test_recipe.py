@@ -161,7 +161,7 @@ def test_images_larger_than_the_model_keep_its_input_size(tmp_path, capsys):
 
 
 def _policies(model) -> set[str]:
-    return {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+    return {layer.dtype_policy.name for layer in models.all_layers(model)}
 
 
 def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_loads_in_plain_keras(tmp_path):
