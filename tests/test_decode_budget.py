@@ -243,6 +243,26 @@ def test_oversized_objects_are_refused_before_their_body_is_read(bucket, tmp_pat
             D.fetch_bytes(storage.join(root, "big.jpg"), max_bytes=100_000)
 
 
+def test_s3_objects_are_read_on_threads_and_local_files_on_the_calling_one(bucket, tmp_path):
+    # Local decodes on one thread (Ray Data's tasks use the cores; threads only add GIL
+    # contention), S3 GETs on many (each GET waits on the network).
+    png = _encode(Image.new("RGB", (8, 8)), "PNG")
+    seen: dict[str, set[int]] = {}
+
+    class Recording(D.DecodeImages):
+        def one(self, uri):
+            seen.setdefault("s3" if uri.startswith("s3://") else "local", set()).add(threading.get_ident())
+            return super().one(uri)
+
+    for root in (f"{bucket}/threads", str(tmp_path)):
+        paths = [storage.join(root, f"{i}.png") for i in range(32)]
+        for p in paths:
+            storage.write_bytes(p, png)
+        assert Recording(DecodeConfig(image_size=(8, 8))).errors(paths) == [""] * 32
+    assert seen["local"] == {threading.get_ident()}
+    assert threading.get_ident() not in seen["s3"] and len(seen["s3"]) > 1
+
+
 def test_memory_gate_bounds_bytes_in_flight_and_never_deadlocks():
     gate = D.MemoryGate(limit=100)
     in_flight, peak = [0], [0]

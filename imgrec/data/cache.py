@@ -235,7 +235,7 @@ class ShardSource(DecodeImages):
     table either way. A cached shard that cannot be read (removed meanwhile, damaged) is
     decoded and written again."""
 
-    def __init__(self, decode: DecodeConfig, entry_uri: str, io_threads: int = 16, write_only: bool = False):
+    def __init__(self, decode: DecodeConfig, entry_uri: str, io_threads: int | None = None, write_only: bool = False):
         super().__init__(decode, io_threads)
         self.layout = DecodedCacheLayout(entry_uri)
         self.write_only = write_only  # return a row count, not the pixels (streaming's write pass)

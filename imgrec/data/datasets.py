@@ -62,7 +62,7 @@ class ImageDataset:
 
 # Rows per Ray Data block when decoding (the unit of parallelism, and of the
 # per-epoch block shuffle), and rows per decode / augment call. A decode call
-# reads its files on DecodeImages.io_threads threads: 64 rows keep 16 reads in
+# reads its S3 objects on read.S3_READ_THREADS threads: 64 rows keep 16 GETs in
 # flight for most of the call, which is what S3's per-GET latency needs.
 ROWS_PER_BLOCK = 256
 DECODE_BATCH = 64
