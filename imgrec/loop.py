@@ -34,6 +34,7 @@ from imgrec import hooks as hooklib
 from imgrec import models
 from imgrec.config import TrainConfig, from_dict, to_dict
 from imgrec.data import shard_batches
+from imgrec.data.cache import rows_per_shard
 from imgrec.layout import RunLayout
 from imgrec.loop_state import LoopOptions, WorkerLoop
 from imgrec.stages import apply_freeze_depth, final_stage_trainable, stage_freeze_depth
@@ -491,7 +492,7 @@ class _direct:
 
     def _epoch(self):
         """One epoch of the shard: training shuffled locally, full batches only."""
-        shuffle = _shuffle_buffer(self.per_worker) if self.training else 0
+        shuffle = _shuffle_buffer(self.per_worker, self.loop.cfg.data.decode.image_size) if self.training else 0
         return shard_batches(self.shard, self.per_worker, shuffle_buffer=shuffle, drop_last=self.training,
                              prefetch=self.prefetch, soft=self.training and self.loop.cfg.mixes)
 
@@ -548,7 +549,7 @@ def _distributed(loop: WorkerLoop, options: LoopOptions, shard, training: bool):
               else tf.TensorSpec((None,), tf.int64))
 
     def batches(per_replica: int):
-        shuffle = _shuffle_buffer(per_replica) if training else 0
+        shuffle = _shuffle_buffer(per_replica, image_size) if training else 0
         while True:
             yield from shard_batches(shard, per_replica, shuffle_buffer=shuffle, drop_last=training, soft=soft)
             if not endless:
@@ -641,9 +642,10 @@ def validate(eval_step, batches) -> dict[str, float] | None:
             "val_time_s": time.perf_counter() - t0}
 
 
-def _shuffle_buffer(batch: int) -> int:
-    """Rows in the local shuffle buffer for training batches of ``batch``."""
-    return max(256, 4 * batch)
+def _shuffle_buffer(batch: int, image_size: tuple[int, int]) -> int:
+    """Rows in the local shuffle buffer for training batches of ``batch``: at least a
+    block (a decoded-cache shard), so a batch mixes more than one block's rows."""
+    return max(rows_per_shard(image_size), 4 * batch)
 
 
 def _add(totals, out):

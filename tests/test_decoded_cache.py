@@ -99,7 +99,9 @@ def test_a_warm_run_in_a_fresh_process_reads_shards_and_no_image(tree, tmp_path)
     assert warm["counts"] == cold["counts"] and warm["pixels"] == cold["pixels"]
 
 
-def test_a_changed_file_is_a_miss_for_its_shard_only(ray_cluster, tree, tmp_path):
+def test_a_changed_file_is_a_miss_for_its_shard_only(ray_cluster, tree, tmp_path, monkeypatch):
+    # 256-row shards (shards are planned on the driver), so this small split has several.
+    monkeypatch.setattr(decoded_cache, "SHARD_BYTES", 0)
     store = str(tmp_path / "runs")
     cfg = DataConfig(uri=tree, decode=DecodeConfig(image_size=(24, 24)))
     cold = load_dataset(cfg, storage_uri=store)
@@ -334,3 +336,17 @@ def test_a_shard_keeps_pixels_uncompressed_and_reads_older_snappy_shards(tmp_pat
     table = decoded_cache.read_shard(str(old))
     assert table.column("path").to_pylist() == ["a.jpg", "b.jpg", "c.jpg"]
     np.testing.assert_array_equal(table.column("image").combine_chunks().to_numpy(), images)
+
+
+def test_small_images_get_longer_shards_and_the_shuffle_buffer_covers_one():
+    # Ray Data's cost is per block (one shard): 256 rows of 32x32 are 786 KB, so small images
+    # get SHARD_BYTES' worth of rows; from 74x74 up, ROWS_PER_SHARD decides.
+    from imgrec.loop import _shuffle_buffer
+
+    assert decoded_cache.rows_per_shard((128, 128)) == decoded_cache.rows_per_shard((74, 74)) == 256
+    per_shard = decoded_cache.rows_per_shard((32, 32))
+    assert per_shard * 32 * 32 * 3 <= decoded_cache.SHARD_BYTES < (per_shard + 1) * 32 * 32 * 3
+    records = [{"path": f"/d/{i}.jpg", "label": i % 3, "rel": f"{i}.jpg", "version": f"9:{i}"} for i in range(2800)]
+    assert len(decoded_cache.plan_shards(records)) == 8  # 256 rows a shard
+    assert len(decoded_cache.plan_shards(records, per_shard)) == 2
+    assert _shuffle_buffer(32, (32, 32)) >= per_shard and _shuffle_buffer(32, (128, 128)) == 256

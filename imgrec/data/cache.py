@@ -9,7 +9,7 @@ Keys, so that a hit is never stale:
   at one decode setting: the source URI, every ``DecodeConfig`` field that changes the
   pixels or which files fail, and the decoder's version (``DECODER_VERSION``, Pillow's);
 * within it a split's records fall into **shards** by a hash of each path, the shard
-  count a power of two near ``rows / ROWS_PER_SHARD``: a changed, added or removed file
+  count a power of two near ``rows / rows_per_shard(image_size)``: a changed, added or removed file
   changes only the shard it falls in (until the count doubles). A shard's key digests
   its records' path, label and version (size + ETag on S3, size + mtime locally), so
   a changed file is a miss for its shard alone.
@@ -53,7 +53,11 @@ log = logging.getLogger(__name__)
 
 DECODER_VERSION = 1  # bump when imgrec.decode gives other pixels for the same file and settings
 SHARD_FORMAT = 1  # bump when the shard file's layout changes
-ROWS_PER_SHARD = 256  # rows of one shard (about): one decode task, one Ray Data block
+ROWS_PER_SHARD = 256  # rows of one shard (about, at least): one decode task, one Ray Data block
+# ... and at least this many bytes of pixels. Ray Data costs ~25 ms of CPU per block and map
+# (measured, "quality" in benchmarks/README.md); a 256-row block at 32x32 is 786 KB, so small
+# images get longer shards (1365 rows at 32x32). From 74x74 up, ROWS_PER_SHARD decides.
+SHARD_BYTES = 4 * 2**20
 # DecodeConfig fields that change neither the pixels nor which files fail.
 _NOT_IN_KEY = ("max_inflight_bytes",)
 STALE_AFTER_S = 3600  # `cache rm --stale` keeps unused shards younger than this (a concurrent run's)
@@ -84,14 +88,20 @@ class Shard:
     records: list[dict[str, Any]]
 
 
-def shard_count(rows: int) -> int:
-    """A power of two near ``rows / ROWS_PER_SHARD`` (at least 1)."""
-    return 1 << max(0, round(math.log2(max(1.0, rows / ROWS_PER_SHARD))))
+def rows_per_shard(image_size: tuple[int, int]) -> int:
+    """Rows of one shard of ``image_size`` pixels: ROWS_PER_SHARD, or SHARD_BYTES' worth."""
+    h, w = image_size
+    return max(ROWS_PER_SHARD, SHARD_BYTES // (h * w * 3))
 
 
-def plan_shards(records: list[dict[str, Any]]) -> list[Shard]:
+def shard_count(rows: int, per_shard: int = ROWS_PER_SHARD) -> int:
+    """A power of two near ``rows / per_shard`` (at least 1)."""
+    return 1 << max(0, round(math.log2(max(1.0, rows / per_shard))))
+
+
+def plan_shards(records: list[dict[str, Any]], per_shard: int = ROWS_PER_SHARD) -> list[Shard]:
     """A split's records in hash buckets of their path; within a shard, ``class_mixed`` order."""
-    n = shard_count(len(records))
+    n = shard_count(len(records), per_shard)
     buckets: list[list[dict]] = [[] for _ in range(n)]
     for rec in records:
         buckets[int(unit_hash(f"shard:{rec['path']}") * n)].append(rec)
@@ -164,7 +174,7 @@ class DecodedCache:
         import ray
         from ray.data import RandomSeedConfig
 
-        shards = plan_shards(records)
+        shards = plan_shards(records, rows_per_shard(self.decode.image_size))
         hits = [s for s in shards if s.key in self._pixels]
         misses = [s for s in shards if s.key not in self._pixels]
         self.use.keys += [s.key for s in shards]
