@@ -170,18 +170,25 @@ def _restore(loop: WorkerLoop, local_dir: str, source: str) -> None:
     decay_kernels_only(loop.model.optimizer)
 
 
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int, peak: float | None = None) -> Any:
+    """The run's rate: ``peak`` (default ``cfg.learning_rate``) as a constant, or the
+    Keras schedule ``cfg.lr_schedule`` names with that peak, over the whole run."""
+    import keras
+
+    peak = cfg.learning_rate if peak is None else peak
+    if cfg.lr_schedule == "cosine":
+        return cosine_schedule(peak, total_steps(cfg, steps_per_epoch), warmup_steps(cfg, steps_per_epoch))
+    if cfg.lr_schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(peak, decay_steps=max(1, steps_per_epoch), decay_rate=0.9)
+    if cfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule must be constant, cosine or exponential, got {cfg.lr_schedule!r}")
+    return peak
+
+
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     import keras
 
-    lr: Any = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        lr = cosine_schedule(cfg.learning_rate, total_steps(cfg, steps_per_epoch),
-                             warmup_steps(cfg, steps_per_epoch))
-    elif cfg.lr_schedule == "exponential":
-        lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, decay_steps=max(1, steps_per_epoch),
-                                                         decay_rate=0.9)
-    elif cfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule must be constant, cosine or exponential, got {cfg.lr_schedule!r}")
+    lr = learning_rate(cfg, steps_per_epoch)
     decay = {"weight_decay": float(cfg.weight_decay)} if cfg.weight_decay else {}
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(lr, **decay),
@@ -260,10 +267,17 @@ def enter_stage(loop: WorkerLoop, epoch: int):
     cfg = loop.cfg
     loop.stage = stage_freeze_depth(cfg, epoch)
     apply_freeze_depth(loop.model, cfg, loop.stage)
-    if cfg.head_epoch_count() and epoch == cfg.head_epoch_count() and cfg.lr_schedule == "constant":
-        loop.model.optimizer.learning_rate.assign(cfg.learning_rate * cfg.fine_tune_lr_factor)
+    if cfg.head_epoch_count() and epoch == cfg.head_epoch_count():
+        enter_fine_tuning_rate(loop.model.optimizer, cfg, loop.steps_per_epoch)
     loop.say(f"epoch {epoch + 1}: freeze_depth={loop.stage}, trainable weights={len(loop.model.trainable_weights)}")
     return (*step_functions(loop), allreduce_timer(loop.strategy, loop.model) if loop.world > 1 else None)
+
+
+def enter_fine_tuning_rate(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Stage two's rate: the run's rate, or its whole schedule, with the peak times
+    ``fine_tune_lr_factor``. The step counter carries on, so a schedule goes on from
+    where stage one left it, scaled. The step functions are traced after this."""
+    optimizer.learning_rate = learning_rate(cfg, steps_per_epoch, cfg.learning_rate * cfg.fine_tune_lr_factor)
 
 
 def step_functions(loop: WorkerLoop):

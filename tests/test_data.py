@@ -222,6 +222,22 @@ def test_bad_files_are_reported_skipped_and_pixels_match_decode_image(ray_cluste
     assert seen == set(good)  # train, val and test together: every good file exactly once
 
 
+def test_load_dataset_as_a_process_first_ray_call(ray_cluster, tmp_path):
+    """``load_dataset`` connects to Ray itself (it reads the object store's size before
+    any Ray Data call did): a fresh process, pointed at the session's cluster."""
+    import subprocess
+
+    root = write_tree(str(tmp_path / "tree"), {f"train/{c}/{i}.jpg": jpeg(10 * k + i)
+                                               for k, c in enumerate(("a", "b")) for i in range(4)})
+    script = ("from imgrec import data; from imgrec.config import DataConfig, DecodeConfig; "
+              f"ds = data.load_dataset(DataConfig(uri={root!r}, decode=DecodeConfig(image_size={SIZE}))); "
+              "print(ds.counts['train'] + ds.counts['val'], ds.class_names)")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "8 ['a', 'b']"
+
+
 def test_a_capped_decode_keeps_every_row_and_warns_of_no_cap_it_cannot_reach(ray_cluster, messy_tree):
     """``tasks`` (imgrec.placement.data_tasks) caps Ray Data's concurrent decode tasks:
     over 6 blocks with a cap of 2 every good file still decodes once; a tree of fewer

@@ -120,6 +120,24 @@ def test_warmup_then_cosine_and_its_stretch_on_resume():
     assert float(stretched(10)) == pytest.approx(2e-3) and float(stretched(105)) == pytest.approx(1e-3, rel=1e-3)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential"])
+def test_stage_two_scales_the_rate_of_every_schedule(schedule):
+    """Two-stage transfer's ``fine_tune_lr_factor`` applies to a schedule too (it once
+    applied to a constant rate only): from the switch on, the rate is the stage-one
+    schedule's at the same step, times the factor."""
+    cfg = _recipe(epochs=10, warmup_epochs=1, lr_schedule=schedule, head_epochs=3, fine_tune_lr_factor=0.1)
+    optimizer = imgrec_loop.make_optimizer(cfg, steps_per_epoch=10)
+    optimizer.build([keras.Variable(np.zeros(2, "float32"))])
+    stage_one = optimizer._learning_rate
+    optimizer.iterations.assign(30)  # the head epochs done
+    before = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    imgrec_loop.enter_fine_tuning_rate(optimizer, cfg, steps_per_epoch=10)
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.1 * before, rel=1e-5)
+    if schedule != "constant":
+        for step in (30, 55, 90):
+            assert float(optimizer._learning_rate(step)) == pytest.approx(0.1 * float(stage_one(step)), rel=1e-5)
+
+
 def test_label_smoothing_is_keras_own_on_the_training_loss_only():
     probs = tf.constant([[0.7, 0.2, 0.1]])
     smoothed = float(imgrec_loop.per_example_loss(3, 0.1)(tf.constant([0]), probs)[0])

@@ -25,6 +25,7 @@ from imgrec.data.tree import (
     split_records,
     tree_relpath,
 )
+from imgrec.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ def _over_budget(cfg: DataConfig, rows: int, persistent: DecodedCache | None) ->
     (with a warning saying what to set)."""
     import ray
 
+    ensure_ray()  # the object store's size is the cluster's: load_dataset may be this process's first Ray call
     h, w = cfg.decode.image_size
     need = rows * h * w * 3
     budget = cfg.memory_budget * ray.cluster_resources().get("object_store_memory", 0)
