@@ -34,7 +34,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     _base("image_size"),
     Option("samples", ("num_samples",), "Number of trials (with --search grid: repeats of the grid)."),
     _base("epochs", help="Epochs per trial (ASHA may stop weak trials earlier).", default=5),
-    Option("freeze_depths", ("freeze_depths",), "Depths to try, e.g. 0,20,all-2,all (unset: all and all-1,2,4,8).",
+    Option("freeze_depths", ("freeze_depths",), "Depths to try, e.g. 0,20,all-2,all (unset: all, all-1,2,4,8 and 0).",
            kind=str, parse=parse_list(parse_freeze, "--freeze-depths")),
     Option("lr_min", ("lr_min",), "Learning rate, log-uniform from ..."),
     Option("lr_max", ("lr_max",), "... to this."),

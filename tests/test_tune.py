@@ -105,8 +105,10 @@ def test_search_space_and_trial_config():
     assert trial.storage == "/sweeps/s/trials" and trial.run_name == "trial_001"
     assert (trial.evaluate, trial.report) == (False, False)
 
-    # No backbone, no freezing to sweep.
+    # No backbone, no freezing to sweep; a backbone: frozen, its top blocks, all of it.
     assert tune.freeze_depth_choices(SweepConfig(base=TrainConfig(model=ModelConfig(name="small_cnn")))) == [0]
+    assert tune.freeze_depth_choices(SweepConfig(base=TrainConfig(model=ModelConfig(name="mobilenet")))) == [
+        "all", "all-1", "all-2", "all-4", "all-8", 0]
 
 
 def test_prepare_saves_the_config_and_resume_reuses_it(tmp_path, monkeypatch):

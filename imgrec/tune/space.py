@@ -29,20 +29,22 @@ def sweep_uri(cfg: SweepConfig) -> str:
 
 # The default depths, around the transfer job's own (all-2): a frozen feature
 # extractor, then the top 1, 2, 4 and 8 blocks fine-tuned (two stages with
-# head_epochs "auto"), as many as the backbone has blocks.
+# head_epochs "auto"), as many as the backbone has blocks, and the whole backbone
+# (depth 0, its BatchNorm still frozen): the best row on a weak, same-domain
+# backbone (benchmarks/README.md, quality_transfer).
 DEFAULT_TOP_BLOCKS = (1, 2, 4, 8)
 
 
 def freeze_depth_choices(cfg: SweepConfig) -> list[int | str]:
-    """The explicit list, or ``all`` plus ``all-K`` for K in ``DEFAULT_TOP_BLOCKS``
-    the backbone has; a model without a backbone has only depth 0."""
+    """The explicit list, or ``all``, ``all-K`` for K in ``DEFAULT_TOP_BLOCKS`` the
+    backbone has, and 0; a model without a backbone has only depth 0."""
     if cfg.freeze_depths is not None:
         return [int(d) if str(d).isdigit() else str(d) for d in cfg.freeze_depths]
     spec = models.get_spec(cfg.base.model.name)
     if spec.kind != "backbone":
         return [0]
     blocks = len(models.block_boundaries(spec.name, cfg.base.model.alpha))
-    return ["all", *(f"all-{k}" for k in DEFAULT_TOP_BLOCKS if k <= blocks)]
+    return ["all", *(f"all-{k}" for k in DEFAULT_TOP_BLOCKS if k < blocks), 0]
 
 
 def search_method(cfg: SweepConfig) -> str:
