@@ -293,6 +293,9 @@ def load_dataset(
     train_recs = _limit_per_class(tree.train, cfg.limit_per_class)
     train_recs, val_recs = split_records(train_recs, cfg.validation_split, cfg.split_seed, tree.splits)
     persistent = _persistent_cache(cfg, tree, storage_uri)
+    # Connect after the listing's checks: the budget reads the cluster's object store, and this
+    # may be the process's first Ray call (Ray Data's own start would not use imgrec's settings).
+    ensure_ray()
     stream = _over_budget(cfg, len(train_recs) + len(val_recs) + len(tree.test), persistent)
     opts = dict(cache=cfg.cache != "off", tasks=tasks, persistent=persistent, stream=stream)
     train, n_train, train_bad = _decoded(train_recs, decode, shuffle_seed=shuffle_seed, **opts)
@@ -332,7 +335,6 @@ def _over_budget(cfg: DataConfig, rows: int, persistent: DecodedCache | None) ->
     (with a warning saying what to set)."""
     import ray
 
-    ensure_ray()  # the object store's size is the cluster's: load_dataset may be this process's first Ray call
     h, w = cfg.decode.image_size
     need = rows * h * w * 3
     budget = cfg.memory_budget * ray.cluster_resources().get("object_store_memory", 0)
