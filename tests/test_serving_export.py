@@ -130,6 +130,27 @@ def test_served_probabilities_are_imgrecs_own_on_a_photo(tmp_path):
     assert served.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+@needs_photos
+@needs_runtimes
+def test_files_that_do_not_decode_give_way_to_the_next_photos(tmp_path):
+    """The sample is ``--sample`` images that decode: 20 empty files among 3 photos
+    are skipped, not counted (before, a bad file in the sample shrank it)."""
+    import shutil
+
+    images = tmp_path / "images" / "c0"
+    images.mkdir(parents=True)
+    photos = serving.sample_uris(PHOTOS, 3)
+    for i, photo in enumerate(photos):
+        shutil.copy(photo, images / f"photo-{i}.jpg")
+    for i in range(20):
+        (images / f"empty-{i}.png").write_bytes(b"")
+    source = _checkpoint(tmp_path / "ckpt")
+    result = serving.export_model(ExportConfig(model=source, format="onnx", out=str(tmp_path / "out"),
+                                               images=str(tmp_path / "images"), sample=3))
+    assert result.verification["images"] == 3, result.verification
+    assert result.verification["max_abs_prob_diff"] <= 1e-4
+
+
 @pytest.mark.slow
 @needs_photos
 @needs_runtimes

@@ -99,7 +99,7 @@ def check_export(cfg: ExportConfig) -> tuple[ckpt.CheckpointRef, str]:
     return ref, images
 
 
-def sample_uris(images: str, n: int) -> list[str]:
+def sample_uris(images: str, n: int = _LISTED) -> list[str]:
     """Up to ``n`` image URIs under ``images``, spread over its folders by a hash of the path."""
     listed = []
     with blame("images"):
@@ -118,11 +118,11 @@ def sample_uris(images: str, n: int) -> list[str]:
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Export ``cfg.model`` as ``cfg.format`` into ``cfg.out``, verified (see the module)."""
     ref, images = check_export(cfg)
-    uris = sample_uris(images, cfg.sample)
+    candidates = sample_uris(images)  # in sample order: a file that does not decode gives way to the next
     model, manifest = ckpt.load(ref.uri, compile=False)
     model = models.as_float32(model)  # a mixed-precision checkpoint is served in float32 (its weights are)
     decode = decode_config(manifest)
-    pixels, used = _decode(uris, decode)
+    pixels, used = _decode(candidates, decode, cfg.sample)
     fmt = FORMATS[cfg.format]
     out = storage.normalize(cfg.out)
     with tempfile.TemporaryDirectory(prefix="imgrec-export-") as tmp:
@@ -149,16 +149,20 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     return ExportResult(out, storage.join(out, fmt.file_name), sidecar)
 
 
-def _decode(uris: list[str], decode: DecodeConfig) -> tuple[np.ndarray, list[str]]:
+def _decode(uris: list[str], decode: DecodeConfig, n: int) -> tuple[np.ndarray, list[str]]:
+    """The first ``n`` of ``uris`` that decode, skipping (and logging) the ones that do not."""
     arrays, used = [], []
     for uri in uris:
+        if len(used) >= n:
+            break
         try:
             arrays.append(decode_image(storage.read_bytes(uri), decode))
             used.append(uri)
         except BadImage as exc:
             log.warning("skipping %s: %s", uri, exc)
     if not arrays:
-        raise ConfigError(f"images: none of the {len(uris)} sampled files decodes", "images")
+        raise ConfigError(f"images: none of the {len(uris)} listed files decodes; give --images a folder "
+                          "of readable images", "images")
     return np.stack(arrays), used
 
 
