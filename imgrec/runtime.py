@@ -35,6 +35,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     import ray
 
     _bars_off_where_imgrec_draws()
+    ray_data_sees_its_cpus_sooner()
     if ray.is_initialized():
         return
     console.quiet_process()
@@ -47,6 +48,29 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # credential chain and AWS_ENDPOINT_URL reach them without being copied into
         # Ray's job config (where keys would be stored and shown).
         ray.init(num_cpus=num_cpus or local_cluster_cpus(), include_dashboard=False, runtime_env=env)
+
+
+# Ray Data (2.60) starts every execution (each materialize, each pass over a dataset)
+# with no resources: its resource manager learns the execution's share from the
+# autoscaling coordinator actor, answers from an empty cache until that reply lands,
+# and asks again only GLOBAL_LIMITS_UPDATE_INTERVAL_S (1 s) later. Until then each
+# operator runs one task at a time: measured, 4 tasks of 0.3 s ran one after another
+# in one worker (1.37 s) instead of together (0.42 s), and a cold 4000-photo decode
+# took 1.69 s instead of 1.33. Asking every 0.1 s ends that with the first reply; the
+# ask is an async call that returns a dict, one in flight at a time.
+RAY_DATA_LIMITS_REFRESH_S = 0.1
+
+
+def ray_data_sees_its_cpus_sooner() -> None:
+    """Shorten Ray Data's resource-limit refresh (above) in this process: the
+    executors a driver runs (materialize, iteration, prediction). A Ray without
+    that internal is left as it is."""
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:
+        return
+    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 0) > RAY_DATA_LIMITS_REFRESH_S:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = RAY_DATA_LIMITS_REFRESH_S
 
 
 def runtime_env(job_env: dict | None = None) -> tuple[dict, bool]:
