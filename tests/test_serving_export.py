@@ -149,6 +149,13 @@ def test_files_that_do_not_decode_give_way_to_the_next_photos(tmp_path):
                                                images=str(tmp_path / "images"), sample=3))
     assert result.verification["images"] == 3, result.verification
     assert result.verification["max_abs_prob_diff"] <= 1e-4
+    # Nothing that decodes: a one-line error saying what to give, and nothing written.
+    for photo in images.glob("photo-*.jpg"):
+        photo.unlink()
+    out = tmp_path / "nothing"
+    with pytest.raises(ConfigError, match=r"images: none of the 20 listed files decodes; give --images a folder"):
+        serving.export_model(ExportConfig(model=source, format="onnx", out=str(out), images=str(tmp_path / "images")))
+    assert not out.exists()
 
 
 @pytest.mark.slow
